@@ -1,0 +1,512 @@
+"""Text and box metrics for generated reports, plus a CLI over a results file.
+
+Box metrics live in the IMAGE frame (pixels of the frontal image). Generated boxes arrive in the
+model frame and are converted with `model_backend.boxes.model_to_image_box`, then every box is
+clipped to the image. Following RadFact, boxes are rasterised on a 224 x 224 grid laid over the
+whole image (x scaled by 224 / width, y by 224 / height); a grid cell belongs to a box when the
+cell centre lies inside it (half-open: x_min <= centre < x_max, same for y). On that grid:
+
+- a generated box g is a *precision hit* when max over reference boxes r of |g ∩ r| / |g| > 0.5
+  (more than half of g lies inside one reference box); grounding precision = hits / generated boxes;
+- a reference box r is a *recall hit* when max over generated boxes g of |g ∩ r| / |r| > 0.5
+  (one generated box covers more than half of r); grounding recall = hits / reference boxes;
+- union IoU compares the union mask of all generated boxes with that of all reference boxes.
+
+Exactly 0.5 is not a hit. A box that covers no cell centre (zero area after rasterisation) is
+counted and never a hit, and the counts of such boxes are reported. All of this is class-agnostic;
+per-class counts use `CLASS_KEYWORDS` (see `classes_in_sentence`).
+
+Text: ROUGE-L F1 from `rouge-score` (its tokenizer, Porter stemmer on) and corpus BLEU-4 from
+`sacrebleu` (default 13a tokenisation, lowercase=True), reported in [0, 1] (sacrebleu's score / 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from model_backend.boxes import clip_box, model_to_image_box
+from model_backend.protocol import ProtocolError, decode_output
+from model_backend.types import Box, Finding, ReferenceBox
+
+GRID = 224
+HIT_THRESHOLD = 0.5
+
+# Class name -> regexes (matched case-insensitively at a word start) naming it in a sentence.
+# Covers NIH ChestX-ray14 box labels, RSNA "Lung Opacity" and the demo phantom kinds.
+# Negation is not handled: negated sentences ("No effusion.") carry no boxes, so they add nothing.
+CLASS_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "Atelectasis": (r"atelecta",),
+    "Cardiomegaly": (
+        r"cardiomegaly",
+        r"heart is enlarged",
+        r"enlarged heart",
+        r"cardiac silhouette is enlarged",
+        r"enlarged cardiac silhouette",
+        r"heart size is enlarged",
+        r"cardiac enlargement",
+    ),
+    "Effusion": (r"effusion",),
+    "Infiltrate": (r"infiltrat",),
+    "Mass": (r"mass(es)?\b",),
+    "Nodule": (r"nodul",),
+    "Pneumonia": (r"pneumonia",),
+    "Pneumothorax": (r"pneumothora",),
+    "Lung Opacity": (r"opacit", r"consolidat", r"infiltrat", r"airspace", r"air space", r"pneumonia"),
+    "Consolidation": (r"consolidat",),
+}
+_LABEL_ALIASES = {"infiltration": "Infiltrate", "pleural effusion": "Effusion", "opacity": "Lung Opacity"}
+_CLASS_PATTERNS = {
+    name: re.compile("|".join(rf"\b(?:{k})" for k in keywords), re.IGNORECASE)
+    for name, keywords in CLASS_KEYWORDS.items()
+}
+
+
+_CLASS_TOTALS = ("n_pred_boxes", "n_ref_boxes", "precision_hits", "recall_hits")
+
+
+class MetricsInputError(ValueError):
+    """A results or manifest file the metrics CLI cannot use."""
+
+
+def classes_in_sentence(text: str) -> set[str]:
+    """The `CLASS_KEYWORDS` classes a sentence names (a set, possibly several or none)."""
+    return {name for name, pattern in _CLASS_PATTERNS.items() if pattern.search(text)}
+
+
+def canonical_class(label: str) -> str | None:
+    """A reference label ("effusion", "Infiltration", "Lung Opacity") -> its class name, or None."""
+    key = label.strip().lower()
+    for name in CLASS_KEYWORDS:
+        if name.lower() == key:
+            return name
+    return _LABEL_ALIASES.get(key)
+
+
+def rasterise(image_boxes: Sequence[Box], width: int, height: int) -> np.ndarray:
+    """Image-frame boxes -> boolean masks of shape (n, GRID, GRID), indexed [box, y, x]; clips first."""
+    centres = np.arange(GRID) + 0.5
+    masks = np.zeros((len(image_boxes), GRID, GRID), dtype=bool)
+    for i, box in enumerate(image_boxes):
+        b = clip_box(box, float(width), float(height))
+        x_in = (centres >= b.x_min * GRID / width) & (centres < b.x_max * GRID / width)
+        y_in = (centres >= b.y_min * GRID / height) & (centres < b.y_max * GRID / height)
+        masks[i] = y_in[:, None] & x_in[None, :]
+    return masks
+
+
+def pixel_precision(pred_boxes: Sequence[Box], ref_boxes: Sequence[Box], width: int, height: int) -> float | None:
+    """|pred ∩ ref| / |pred| on the grid, over the union masks of image-frame boxes; None if pred is empty.
+
+    Swap the arguments for pixel recall (|pred ∩ ref| / |ref|).
+    """
+    pred = rasterise(pred_boxes, width, height).any(axis=0)
+    ref = rasterise(ref_boxes, width, height).any(axis=0)
+    n_pred = int(pred.sum())
+    return int((pred & ref).sum()) / n_pred if n_pred else None
+
+
+@dataclass(frozen=True)
+class BoxCounts:
+    """Box hit counts of one study (optionally restricted to one class)."""
+
+    n_pred_boxes: int
+    n_ref_boxes: int
+    n_empty_pred_boxes: int
+    n_empty_ref_boxes: int
+    precision_hits: int
+    recall_hits: int
+
+    @property
+    def precision(self) -> float | None:
+        return self.precision_hits / self.n_pred_boxes if self.n_pred_boxes else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.recall_hits / self.n_ref_boxes if self.n_ref_boxes else None
+
+
+@dataclass(frozen=True)
+class StudyBoxMetrics(BoxCounts):
+    """Class-agnostic box metrics of one study plus per-class counts (classes in the reference labels).
+
+    `union_iou` is None when both union masks are empty; `pixel_precision` / `pixel_recall` are
+    RadFact's union-mask ratios (None when the denominator mask is empty).
+    """
+
+    union_iou: float | None = None
+    pixel_precision: float | None = None
+    pixel_recall: float | None = None
+    per_class: dict[str, BoxCounts] = field(default_factory=dict)
+
+
+def _box_counts(pred_masks: np.ndarray, ref_masks: np.ndarray) -> BoxCounts:
+    pred_flat = pred_masks.reshape(len(pred_masks), GRID * GRID)
+    ref_flat = ref_masks.reshape(len(ref_masks), GRID * GRID)
+    pred_area, ref_area = pred_flat.sum(axis=1), ref_flat.sum(axis=1)
+    inter = pred_flat.astype(np.int32) @ ref_flat.T.astype(np.int32)  # |g ∩ r| for every pair
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = np.where(pred_area[:, None] > 0, inter / pred_area[:, None], 0.0)  # fraction of g inside r
+        covered = np.where(ref_area[None, :] > 0, inter / ref_area[None, :], 0.0)  # fraction of r covered by g
+    return BoxCounts(
+        n_pred_boxes=len(pred_masks),
+        n_ref_boxes=len(ref_masks),
+        n_empty_pred_boxes=int((pred_area == 0).sum()),
+        n_empty_ref_boxes=int((ref_area == 0).sum()),
+        precision_hits=int((inside > HIT_THRESHOLD).any(axis=1).sum()),
+        recall_hits=int((covered > HIT_THRESHOLD).any(axis=0).sum()),
+    )
+
+
+def study_box_metrics(
+    findings: Sequence[Finding], image_width: int, image_height: int, reference_boxes: Sequence[ReferenceBox]
+) -> StudyBoxMetrics:
+    """Box metrics of one study: generated model-frame boxes vs image-frame reference boxes."""
+    pred_boxes: list[Box] = []
+    pred_classes: list[set[str]] = []
+    for finding in findings:
+        names = classes_in_sentence(finding.text)
+        for model_box in finding.model_boxes or ():
+            pred_boxes.append(model_to_image_box(model_box, image_width, image_height))
+            pred_classes.append(names)
+    pred_masks = rasterise(pred_boxes, image_width, image_height)
+    ref_masks = rasterise([r.image_box for r in reference_boxes], image_width, image_height)
+    counts = _box_counts(pred_masks, ref_masks)
+
+    pred_union, ref_union = pred_masks.any(axis=0), ref_masks.any(axis=0)
+    inter, union = int((pred_union & ref_union).sum()), int((pred_union | ref_union).sum())
+    n_pred_px, n_ref_px = int(pred_union.sum()), int(ref_union.sum())
+
+    ref_classes = [canonical_class(r.label) for r in reference_boxes]
+    per_class = {}
+    for name in sorted({c for c in ref_classes if c is not None}):
+        pred_sel = [i for i, names in enumerate(pred_classes) if name in names]
+        ref_sel = [i for i, c in enumerate(ref_classes) if c == name]
+        per_class[name] = _box_counts(pred_masks[pred_sel], ref_masks[ref_sel])
+    return StudyBoxMetrics(
+        **vars(counts),
+        union_iou=inter / union if union else None,
+        pixel_precision=inter / n_pred_px if n_pred_px else None,
+        pixel_recall=inter / n_ref_px if n_ref_px else None,
+        per_class=per_class,
+    )
+
+
+@cache
+def _rouge_scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F1 of one generated report against its reference (rouge-score, stemmer on)."""
+    return float(_rouge_scorer().score(ref, pred)["rougeL"].fmeasure)
+
+
+def corpus_bleu4(preds: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus BLEU-4 in [0, 1] (sacrebleu, 13a tokenisation, lowercase), one reference per prediction."""
+    if len(preds) != len(refs) or not preds:
+        raise ValueError(f"need equal, non-zero numbers of predictions and references, got {len(preds)}/{len(refs)}")
+    return min(1.0, sacrebleu.corpus_bleu(list(preds), [list(refs)], lowercase=True).score / 100.0)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    weights: Sequence[float] | None = None,
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): percentile bootstrap interval of the (weighted) mean, resampling studies.
+
+    With `weights` the statistic is sum(w * v) / sum(w), e.g. a micro ratio of hits over boxes
+    when v = per-study ratio and w = per-study box count (weights must be positive).
+    """
+    v = np.asarray(values, dtype=float)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=float)
+    if v.size == 0 or v.shape != w.shape:
+        raise ValueError(f"need a non-empty list of values (and matching weights), got {v.size} values")
+    if np.any(w <= 0):
+        raise ValueError("bootstrap weights must be positive")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    chunk = max(1, 4_000_000 // v.size)  # bound memory: chunk x n indices at a time
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, v.size, size=(min(chunk, n_resamples - start), v.size))
+        stats[start : start + len(idx)] = (v * w)[idx].sum(axis=1) / w[idx].sum(axis=1)
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float((v * w).sum() / w.sum()), float(lo), float(hi)
+
+
+def study_row(
+    study_id: str,
+    context: str,
+    findings: Sequence[Finding],
+    image_width: int,
+    image_height: int,
+    reference_boxes: Sequence[ReferenceBox],
+    reference_findings: Sequence[str],
+) -> dict[str, Any]:
+    """All per-study numbers for one (study, context), as a flat dict (the per-study CSV row)."""
+    box = study_box_metrics(findings, image_width, image_height, reference_boxes)
+    generated_text = " ".join(f.text for f in findings)
+    reference_text = " ".join(reference_findings)
+    return {
+        "study_id": study_id,
+        "context": context,
+        "n_pred_boxes": box.n_pred_boxes,
+        "n_ref_boxes": box.n_ref_boxes,
+        "n_empty_pred_boxes": box.n_empty_pred_boxes,
+        "n_empty_ref_boxes": box.n_empty_ref_boxes,
+        "precision_hits": box.precision_hits,
+        "recall_hits": box.recall_hits,
+        "precision": box.precision,
+        "recall": box.recall,
+        "union_iou": box.union_iou,
+        "pixel_precision": box.pixel_precision,
+        "pixel_recall": box.pixel_recall,
+        "per_class": {name: vars(c) for name, c in box.per_class.items()},
+        "rouge_l": rouge_l(generated_text, reference_text) if reference_text.strip() else None,
+        "generated_text": generated_text,
+        "reference_text": reference_text,
+    }
+
+
+def _with_ci(out: dict[str, Any], name: str, values: list[float], weights: list[float] | None = None) -> None:
+    if values:
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(values, weights=weights)
+    else:
+        out[name] = out[f"{name}_lo"] = out[f"{name}_hi"] = None
+
+
+def aggregate(per_study: list[dict]) -> dict[str, Any]:
+    """Summary of `study_row` dicts (one context): micro box precision/recall, mean IoU, ROUGE-L, BLEU-4.
+
+    Box metrics cover the *box-annotated* studies (at least one reference box): a study without
+    reference boxes may simply be unannotated, so its generated boxes are only counted, in
+    `n_pred_boxes_unannotated`. Precision/recall are micro (hits over all boxes) with a study-level
+    bootstrap 95% interval; union IoU and ROUGE-L are means over studies; BLEU-4 is a corpus score.
+    """
+    annotated = [r for r in per_study if r["n_ref_boxes"] > 0]
+    with_pred = [r for r in annotated if r["n_pred_boxes"] > 0]
+    with_text = [r for r in per_study if r["reference_text"].strip()]
+    out: dict[str, Any] = {
+        "n_studies": len(per_study),
+        "n_box_studies": len(annotated),
+        "n_pred_boxes": sum(r["n_pred_boxes"] for r in annotated),
+        "n_ref_boxes": sum(r["n_ref_boxes"] for r in annotated),
+        "n_empty_pred_boxes": sum(r["n_empty_pred_boxes"] for r in annotated),
+        "n_pred_boxes_unannotated": sum(r["n_pred_boxes"] for r in per_study if r["n_ref_boxes"] == 0),
+        "n_text_studies": len(with_text),
+    }
+    _with_ci(out, "precision", [r["precision"] for r in with_pred], [r["n_pred_boxes"] for r in with_pred])
+    _with_ci(out, "recall", [r["recall"] for r in annotated], [r["n_ref_boxes"] for r in annotated])
+    _with_ci(out, "union_iou", [r["union_iou"] for r in annotated if r["union_iou"] is not None])
+    _with_ci(out, "rouge_l", [r["rouge_l"] for r in with_text])
+    out["bleu4"] = (
+        corpus_bleu4([r["generated_text"] for r in with_text], [r["reference_text"] for r in with_text])
+        if with_text
+        else None
+    )
+    per_class: dict[str, dict[str, Any]] = {}
+    for row in annotated:
+        for name, counts in row["per_class"].items():
+            total = per_class.setdefault(name, dict.fromkeys(_CLASS_TOTALS, 0))
+            for key in _CLASS_TOTALS:
+                total[key] += counts[key]
+    for total in per_class.values():
+        total["precision"] = total["precision_hits"] / total["n_pred_boxes"] if total["n_pred_boxes"] else None
+        total["recall"] = total["recall_hits"] / total["n_ref_boxes"] if total["n_ref_boxes"] else None
+    out["per_class"] = dict(sorted(per_class.items()))
+    return out
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise MetricsInputError(f"cannot read {path}: {exc}") from exc
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MetricsInputError(f"{path}:{number}: not valid JSON ({exc})") from exc
+        if not isinstance(record, dict):
+            raise MetricsInputError(f"{path}:{number}: expected a JSON object per line")
+        records.append((number, record))
+    return records
+
+
+def _reference_box(raw: Any, width: int, height: int, where: str) -> ReferenceBox:
+    try:
+        coords = [float(raw[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
+        frame = raw.get("frame", "pixel")
+        label = str(raw.get("label", ""))
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise MetricsInputError(f"{where}: a reference box needs numeric x_min, y_min, x_max, y_max") from exc
+    if frame == "normalized":
+        coords = [coords[0] * width, coords[1] * height, coords[2] * width, coords[3] * height]
+    elif frame != "pixel":
+        raise MetricsInputError(f'{where}: reference box frame must be "pixel" or "normalized", got {frame!r}')
+    return ReferenceBox(label=label, image_box=Box(*coords))
+
+
+def load_manifest_references(path: Path) -> dict[str, dict]:
+    """Manifest JSONL -> {study_id: {"reference_findings": [...], "reference_boxes": [raw dicts], "line": n}}.
+
+    Only the fields the metrics need are read: `study_id`, `reference_findings` (list of str) and
+    `reference_boxes` (list of {label, x_min, y_min, x_max, y_max, frame: "pixel"|"normalized"};
+    normalized boxes are scaled by the image size of each result line).
+    """
+    references: dict[str, dict] = {}
+    for number, record in _read_jsonl(path):
+        study_id = record.get("study_id")
+        findings = record.get("reference_findings") or []
+        boxes = record.get("reference_boxes") or []
+        if not isinstance(study_id, str | int) or isinstance(study_id, bool):
+            raise MetricsInputError(f"{path}:{number}: missing study_id")
+        if not isinstance(findings, list) or not all(isinstance(s, str) for s in findings):
+            raise MetricsInputError(f"{path}:{number}: reference_findings must be a list of strings")
+        if not isinstance(boxes, list):
+            raise MetricsInputError(f"{path}:{number}: reference_boxes must be a list")
+        if str(study_id) in references:
+            raise MetricsInputError(f"{path}:{number}: duplicate study_id {study_id!r}")
+        references[str(study_id)] = {"reference_findings": findings, "reference_boxes": boxes, "line": number}
+    return references
+
+
+def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, Any]]:
+    """Results JSONL + manifest JSONL -> `study_row` dicts, one per (study, context) line.
+
+    A results line holds `study_id`, `context` (a name, or an object with a "name"), `output`
+    (protocol findings: list or JSON string) and `image_width` / `image_height`.
+    """
+    references = load_manifest_references(manifest_path)
+    rows, seen = [], set()
+    for number, record in _read_jsonl(results_path):
+        where = f"{results_path}:{number}"
+        missing = [k for k in ("study_id", "context", "output", "image_width", "image_height") if k not in record]
+        if missing:
+            raise MetricsInputError(f"{where}: missing {', '.join(missing)}")
+        study_id = str(record["study_id"])
+        context = record["context"]["name"] if isinstance(record["context"], dict) else str(record["context"])
+        width, height = record["image_width"], record["image_height"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+            raise MetricsInputError(f"{where}: image_width and image_height must be positive integers")
+        if study_id not in references:
+            raise MetricsInputError(f"{where}: study {study_id!r} is not in the manifest {manifest_path}")
+        if (study_id, context) in seen:
+            raise MetricsInputError(f"{where}: a second line for study {study_id!r}, context {context!r}")
+        seen.add((study_id, context))
+        try:
+            decoded = decode_output(record["output"])
+        except ProtocolError as exc:
+            raise MetricsInputError(f"{where}: {exc}") from exc
+        findings = [Finding(text, None if boxes is None else tuple(boxes)) for text, boxes in decoded]
+        ref = references[study_id]
+        ref_where = f"{manifest_path}:{ref['line']}"
+        ref_boxes = [_reference_box(b, width, height, ref_where) for b in ref["reference_boxes"]]
+        rows.append(study_row(study_id, context, findings, width, height, ref_boxes, ref["reference_findings"]))
+    if not rows:
+        raise MetricsInputError(f"{results_path}: no result lines")
+    return rows
+
+
+def _fmt(summary: dict[str, Any], name: str) -> str:
+    value = summary.get(name)
+    if value is None:
+        return "-"
+    if f"{name}_lo" in summary:
+        return f"{value:.3f} [{summary[f'{name}_lo']:.3f}, {summary[f'{name}_hi']:.3f}]"
+    return f"{value:.3f}"
+
+
+def format_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Per-context summaries -> a plain-text table (values with 95% bootstrap intervals)."""
+    header = [
+        "context",
+        "studies",
+        "box studies",
+        "boxes gen/ref",
+        "precision",
+        "recall",
+        "union IoU",
+        "ROUGE-L",
+        "BLEU-4",
+    ]
+    body = [
+        [
+            name,
+            str(s["n_studies"]),
+            str(s["n_box_studies"]),
+            f"{s['n_pred_boxes']}/{s['n_ref_boxes']}",
+            _fmt(s, "precision"),
+            _fmt(s, "recall"),
+            _fmt(s, "union_iou"),
+            _fmt(s, "rouge_l"),
+            _fmt(s, "bleu4"),
+        ]
+        for name, s in summaries.items()
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per-study rows -> CSV (per_class as a JSON column; missing values empty)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: json.dumps(v) if k == "per_class" else ("" if v is None else v) for k, v in row.items()}
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_backend.metrics", description="Grounding and text metrics of generated reports."
+    )
+    parser.add_argument("results", type=Path, help="results JSONL (study_id, context, output, image_width/height)")
+    parser.add_argument("--data", type=Path, required=True, help="manifest JSONL with reference findings/boxes")
+    parser.add_argument("--out", type=Path, default=None, help="per-study CSV to write")
+    args = parser.parse_args(argv)
+    try:
+        rows = evaluate_results(args.results, args.data)
+    except MetricsInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    contexts = sorted({r["context"] for r in rows})
+    summaries = {c: aggregate([r for r in rows if r["context"] == c]) for c in contexts}
+    print(format_table(summaries))
+    for name, summary in summaries.items():
+        for cls, counts in summary["per_class"].items():
+            p, r = _fmt(counts, "precision"), _fmt(counts, "recall")
+            print(f"  {name} / {cls}: precision {p} of {counts['n_pred_boxes']}, recall {r} of {counts['n_ref_boxes']}")
+    if args.out is not None:
+        write_csv(rows, args.out)
+        print(f"per-study metrics: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
