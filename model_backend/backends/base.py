@@ -1,0 +1,31 @@
+"""The one protocol every backend implements, and the errors they raise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from model_backend.types import BackendInfo, PromptContext, Report, Study
+
+
+class BackendError(RuntimeError):
+    """A backend could not produce a report; the message is meant for a person."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Generates grounded reports for a study under one or more prompt contexts."""
+
+    info: BackendInfo
+
+    def generate(self, study: Study, contexts: Sequence[PromptContext]) -> list[Report]:
+        """One report per context, in the order given."""
+        ...
+
+    def stream(self, study: Study, context: PromptContext) -> Iterator[Report]:
+        """Growing partial reports as tokens arrive; the last one is final."""
+        ...
+
+    def ground_phrase(self, study: Study, phrase: str) -> Report:
+        """MAIRA-2 phrase grounding: boxes for a given finding on the study's frontal image."""
+        ...

@@ -1,0 +1,339 @@
+"""In-process MAIRA-2 backend: one shared image prefix, K prompt tails decoded together.
+
+In MAIRA-2's prompt the images come first (system text + up to three blocks of image tokens);
+prompt contexts differ only in the short tail after the last image. So this backend
+
+1. computes vision features once per distinct image (LRU keyed by image content),
+2. runs the prompt prefix up to the last image token once and keeps its KV cache (LRU keyed
+   by the prefix tokens and image content), and
+3. decodes the K context tails as one batch on top of copies of that cache.
+
+A single context follows the same path (prefix + tail), so running contexts one by one or
+together gives the same greedy tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers.cache_utils import DynamicCache
+
+from model_backend.backends.base import BackendError
+from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
+from model_backend.maira2.parsing import parse_tolerant
+from model_backend.maira2.processing import ConstantImageError, Maira2Processor
+from model_backend.types import BackendInfo, PromptContext, Report, Study, XrayImage
+
+PHRASE_CONTEXT = PromptContext(name="phrase", use_lateral=False, use_prior=False, grounded=True)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Greedy decoding budgets per task (DESIGN.md); overridable."""
+
+    max_new_tokens_findings: int = 300
+    max_new_tokens_grounded: int = 450
+    max_new_tokens_phrase: int = 150
+
+    def budget(self, context: PromptContext, task: str) -> int:
+        if task == "phrase_grounding":
+            return self.max_new_tokens_phrase
+        return self.max_new_tokens_grounded if context.grounded else self.max_new_tokens_findings
+
+
+class LRUCache:
+    """A small thread-unsafe LRU map (callers hold the backend lock)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> Any | None:
+        if key in self._data:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return self._data[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+
+@dataclass
+class _Prompt:
+    """One context's prompt: token ids, its images, where the image prefix ends."""
+
+    context: PromptContext
+    task: str
+    token_ids: list[int]
+    images: list[XrayImage]
+    split: int  # index just after the last <image> token
+
+    @property
+    def prefix_key(self) -> tuple:
+        return (tuple(img.content_key for img in self.images), tuple(self.token_ids[: self.split]))
+
+
+@dataclass
+class _Prefix:
+    """KV cache of a prompt prefix (batch 1), per layer (keys, values)."""
+
+    length: int
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Row:
+    """Decoding state of one context in a batch."""
+
+    prompt: _Prompt
+    budget: int
+    generated: list[int] = field(default_factory=list)
+    finished: bool = False
+    truncated: bool = False
+
+
+class LocalBackend:
+    """MAIRA-2 in this process, from a snapshot folder or hub id (`microsoft/maira-2` layout)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        name: str = "local",
+        is_demo: bool = False,
+        device: str | None = None,
+        dtype: str | None = None,
+        settings: GenerationSettings | None = None,
+        cache_size: int = 8,
+    ) -> None:
+        auto_device, auto_dtype = default_device_and_dtype()
+        self.device = torch.device(device) if device else auto_device
+        self.dtype = getattr(torch, dtype) if dtype else auto_dtype
+        try:
+            self.processor = Maira2Processor.from_pretrained(model_path)
+            model = Maira2ForConditionalGeneration.from_pretrained(model_path, dtype=self.dtype)
+        except OSError as err:
+            raise BackendError(
+                f"cannot load a MAIRA-2 snapshot from {model_path!r}: {err}. For microsoft/maira-2, request access "
+                "on the Hugging Face hub, log in, download it, then pass the folder or hub id with --model."
+            ) from err
+        self.model = model.to(self.device).eval()
+        self.settings = settings or GenerationSettings()
+        self.info = BackendInfo(
+            name=name, model_id=model_path, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+            is_demo=is_demo,
+        )  # fmt: skip
+        self.eos_id = self.processor.tokenizer.eos_token_id
+        self.pad_id = self.processor.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.eos_id
+        self._lock = threading.RLock()
+        self._features = LRUCache(cache_size * 3)
+        self._prefixes = LRUCache(cache_size)
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, study: Study, contexts: Sequence[PromptContext]) -> list[Report]:
+        """One report per context; contexts sharing images share vision features and the prefix."""
+        if not contexts:
+            return []
+        prompts = [self._reporting_prompt(study, c) for c in contexts]
+        return self._run(study, prompts)
+
+    def stream(self, study: Study, context: PromptContext) -> Iterator[Report]:
+        """Partial reports whenever a new finding appears, then the final report."""
+        yield from self._run_streaming(study, [self._reporting_prompt(study, context)])
+
+    def ground_phrase(self, study: Study, phrase: str) -> Report:
+        phrase = phrase.strip()
+        if not phrase:
+            raise BackendError("type a finding to ground, e.g. 'right pleural effusion'")
+        prompt = self._phrase_prompt(study, phrase)
+        return self._run(study, [prompt])[0]
+
+    def cache_stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "feature_hits": self._features.hits,
+                "feature_misses": self._features.misses,
+                "prefix_hits": self._prefixes.hits,
+                "prefix_misses": self._prefixes.misses,
+            }
+
+    # ------------------------------------------------------------------ prompts
+    def _reporting_prompt(self, study: Study, context: PromptContext) -> _Prompt:
+        lateral = study.lateral if context.use_lateral else None
+        prior = study.prior_frontal if context.use_prior else None
+        messages = self.processor._construct_chat_messages_reporting(
+            has_prior=prior is not None,
+            has_lateral=lateral is not None,
+            indication=context.indication,
+            technique=context.technique,
+            comparison=context.comparison,
+            prior_report=context.prior_report,
+            get_grounding=context.grounded,
+        )
+        images = [img for img in (study.frontal, lateral, prior) if img is not None]
+        return self._tokenise(context, "reporting", self.processor._render(messages, None), images)
+
+    def _phrase_prompt(self, study: Study, phrase: str) -> _Prompt:
+        messages = self.processor._construct_chat_messages_phrase_grounding(phrase)
+        text = self.processor._render(messages, None)
+        context = replace(PHRASE_CONTEXT, indication=phrase)
+        return self._tokenise(context, "phrase_grounding", text, [study.frontal])
+
+    def _tokenise(self, context: PromptContext, task: str, text: str, images: list[XrayImage]) -> _Prompt:
+        ids = self.processor.tokenizer(self.processor.expand_image_tokens(text))["input_ids"]
+        image_positions = [i for i, t in enumerate(ids) if t == self.processor.image_token_id]
+        return _Prompt(context, task, ids, images, image_positions[-1] + 1)
+
+    # ------------------------------------------------------------------ model steps
+    def _image_features(self, images: list[XrayImage]) -> torch.Tensor:
+        """(n_images * tokens_per_image, hidden), computing only images not in the cache."""
+        missing = [img for img in dict.fromkeys(images) if self._features.get(img.content_key) is None]
+        if missing:
+            try:
+                pil = [self.processor._normalize_image(Image.fromarray(img.display)) for img in missing]
+            except ConstantImageError as err:
+                raise BackendError(str(err)) from err
+            pixel_values = self.processor.preprocess_images(pil)
+            with torch.inference_mode():
+                features = self.model.get_image_features(pixel_values)
+            for img, feats in zip(missing, features, strict=True):
+                self._features.put(img.content_key, feats)
+        return torch.cat([self._features._data[img.content_key] for img in images])
+
+    def _prefix(self, prompt: _Prompt) -> _Prefix:
+        cached = self._prefixes.get(prompt.prefix_key)
+        if cached is not None:
+            return cached
+        features = self._image_features(prompt.images)
+        ids = torch.tensor([prompt.token_ids[: prompt.split]], device=self.device)
+        with torch.inference_mode():
+            embeds = self.model.embed_prompt(ids, features.unsqueeze(0))
+            cache = DynamicCache()
+            self.model.language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        prefix = _Prefix(prompt.split, [(layer.keys, layer.values) for layer in cache.layers])
+        self._prefixes.put(prompt.prefix_key, prefix)
+        return prefix
+
+    def _batched_cache(self, prefix: _Prefix, batch: int) -> DynamicCache:
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(prefix.layers):
+            cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), index)
+        return cache
+
+    def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
+        """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
+        with self._lock:
+            prefix = self._prefix(prompts[0])
+        rows = [_Row(p, self.settings.budget(p.context, p.task)) for p in prompts]
+        tails = [p.token_ids[p.split :] for p in prompts]
+        width = max(len(t) for t in tails)
+        pads = [width - len(t) for t in tails]
+        ids = torch.tensor([[self.pad_id] * pad + t for pad, t in zip(pads, tails, strict=True)], device=self.device)
+        mask = torch.tensor(
+            [[1] * prefix.length + [0] * pad + [1] * len(t) for pad, t in zip(pads, tails, strict=True)],
+            device=self.device,
+        )
+        positions = torch.tensor(
+            [[prefix.length] * pad + list(range(prefix.length, prefix.length + len(t))) for pad, t in zip(pads, tails, strict=True)],
+            device=self.device,
+        )  # fmt: skip
+        active = list(range(len(rows)))
+        with self._lock:
+            cache = self._batched_cache(prefix, len(rows))
+        while active:
+            with self._lock, torch.inference_mode():
+                out = self.model.language_model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1,
+                )  # fmt: skip
+            next_tokens = out.logits[:, -1].argmax(-1).tolist()
+            keep = []
+            for slot, (row_index, token) in enumerate(zip(active, next_tokens, strict=True)):
+                row = rows[row_index]
+                if token == self.eos_id:
+                    row.finished = True
+                    continue
+                row.generated.append(token)
+                if len(row.generated) >= row.budget:
+                    row.finished = row.truncated = True
+                else:
+                    keep.append(slot)
+            yield rows
+            if not keep:
+                break
+            keep_index = torch.tensor(keep, device=self.device)
+            if len(keep) != len(active):
+                cache.batch_select_indices(keep_index)
+                mask = mask[keep_index]
+                positions = positions[keep_index]
+            active = [active[s] for s in keep]
+            ids = torch.tensor([[rows[r].generated[-1]] for r in active], device=self.device)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
+            positions = positions[:, -1:] + 1
+
+    # ------------------------------------------------------------------ orchestration
+    def _groups(self, prompts: list[_Prompt]) -> list[list[int]]:
+        groups: dict[tuple, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            groups.setdefault(prompt.prefix_key, []).append(index)
+        return list(groups.values())
+
+    def _run(self, study: Study, prompts: list[_Prompt]) -> list[Report]:
+        reports: list[Report | None] = [None] * len(prompts)
+        for group in self._groups(prompts):
+            start = time.perf_counter()
+            rows: list[_Row] = []
+            for rows in self._decode([prompts[i] for i in group]):
+                pass
+            elapsed = time.perf_counter() - start
+            for index, row in zip(group, rows, strict=True):
+                reports[index] = self._report(study, row, elapsed)
+        return [r for r in reports if r is not None]
+
+    def _run_streaming(self, study: Study, prompts: list[_Prompt]) -> Iterator[Report]:
+        start = time.perf_counter()
+        seen = -1
+        rows: list[_Row] = []
+        for rows in self._decode(prompts):
+            row = rows[0]
+            if row.finished:
+                break
+            partial = self._report(study, row, time.perf_counter() - start, partial=True)
+            closed = sum(1 for _ in partial.findings) - (0 if partial.complete else 1)
+            if closed > seen:
+                seen = closed
+                yield partial
+        yield self._report(study, rows[0], time.perf_counter() - start)
+
+    def _report(self, study: Study, row: _Row, elapsed: float, partial: bool = False) -> Report:
+        text = self.processor.decode(row.generated, skip_special_tokens=True)
+        parsed = parse_tolerant(text, truncated=row.truncated)
+        return Report(
+            study_id=study.study_id,
+            context=row.prompt.context,
+            findings=parsed.findings,
+            image_width=study.frontal.width,
+            image_height=study.frontal.height,
+            raw_text=text,
+            complete=parsed.complete and not partial,
+            backend=self.info,
+            images_key=study.images_key(),
+            warnings=parsed.warnings,
+            timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.generated)))),
+            task=row.prompt.task,
+        )
