@@ -171,9 +171,7 @@ class Report:
     @property
     def report_id(self) -> str:
         """Stable hash of backend + model id + context + images: the key reviews attach to."""
-        payload = "|".join(
-            [self.backend.name, self.backend.model_id, self.context.key(), self.images_key, self.task]
-        )
+        payload = "|".join([self.backend.name, self.backend.model_id, self.context.key(), self.images_key, self.task])
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def timing(self, name: str) -> float | None:

@@ -248,10 +248,11 @@ class LocalBackend:
             [[1] * prefix.length + [0] * pad + [1] * len(t) for pad, t in zip(pads, tails, strict=True)],
             device=self.device,
         )
+        start = prefix.length
         positions = torch.tensor(
-            [[prefix.length] * pad + list(range(prefix.length, prefix.length + len(t))) for pad, t in zip(pads, tails, strict=True)],
+            [[start] * pad + list(range(start, start + len(t))) for pad, t in zip(pads, tails, strict=True)],
             device=self.device,
-        )  # fmt: skip
+        )
         active = list(range(len(rows)))
         with self._lock:
             cache = self._batched_cache(prefix, len(rows))
@@ -297,9 +298,7 @@ class LocalBackend:
         reports: list[Report | None] = [None] * len(prompts)
         for group in self._groups(prompts):
             start = time.perf_counter()
-            rows: list[_Row] = []
-            for rows in self._decode([prompts[i] for i in group]):
-                pass
+            *_, rows = self._decode([prompts[i] for i in group])
             elapsed = time.perf_counter() - start
             for index, row in zip(group, rows, strict=True):
                 reports[index] = self._report(study, row, elapsed)

@@ -8,6 +8,8 @@ without `trust_remote_code`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from transformers import AutoBackbone, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -45,7 +47,7 @@ class Maira2ForConditionalGeneration(PreTrainedModel, GenerationMixin):
     input_modalities = ("image", "text")
     _supports_sdpa = True
     _supports_attention_backend = True
-    _no_split_modules = ["LlamaDecoderLayer", "Dinov2Layer"]
+    _no_split_modules: ClassVar[list[str]] = ["LlamaDecoderLayer", "Dinov2Layer"]
 
     def __init__(self, config: Maira2Config) -> None:
         super().__init__(config)

@@ -202,8 +202,6 @@ def format_grounded(findings: list[tuple[str, list[Box] | None]] | tuple[Finding
     parts = []
     for item in findings:
         sentence, boxes = (item.text, item.model_boxes) if isinstance(item, Finding) else item
-        box_text = "".join(
-            BOX_START + "<x{}><y{}><x{}><y{}>".format(*box_to_bins(b)) + BOX_END for b in (boxes or ())
-        )
+        box_text = "".join(BOX_START + "<x{}><y{}><x{}><y{}>".format(*box_to_bins(b)) + BOX_END for b in (boxes or ()))
         parts.append(f"{PHRASE_START}{sentence}{box_text}{PHRASE_END}")
     return "".join(parts)
