@@ -224,7 +224,7 @@ def test_truncated_png_and_jpeg_are_rejected() -> None:
 @pytest.mark.parametrize("side", [8000, 40000])
 def test_huge_dimensions_rejected_from_the_header(side: int) -> None:
     start = time.perf_counter()
-    with pytest.raises(ImageLoadError, match=r"megapixels|too large") as info:
+    with pytest.raises(ImageLoadError, match=r"megapixel") as info:
         load_image_bytes(png_header_only(side, side))
     assert info.value.reason == "too_large"
     assert time.perf_counter() - start < 0.5  # nothing was allocated or decoded
