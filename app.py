@@ -1,0 +1,88 @@
+"""Entry point: CLI flags -> backend -> dataset -> review store -> UI -> launch (+ POST /score)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+log = logging.getLogger("cxr-review")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Review grounded chest X-ray reports (research use only).")
+    parser.add_argument("--model", default="demo", help="demo | SNAPSHOT_DIR | HUB_ID | azureml:URL | replay:FILE")
+    parser.add_argument("--data", default=None, help="study manifest (.jsonl/.csv) or its folder; default: samples")
+    parser.add_argument("--db", default=None, help="review database (default: reviews.sqlite beside the dataset)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="create a public Gradio share link (sends traffic out)")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS", help="repeatable")
+    parser.add_argument("--auth-file", default=None, help="file with one USER:PASS per line")
+    parser.add_argument("--api-key", default=os.environ.get("CXR_REVIEW_API_KEY"), help="key for POST /score")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: automatic)")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
+    return parser.parse_args(argv)
+
+
+def read_auth(pairs: list[str], auth_file: str | None) -> list[tuple[str, str]]:
+    """USER:PASS strings (flags and file) -> credential pairs; a malformed entry is an error."""
+    lines = list(pairs)
+    if auth_file:
+        lines += [line.strip() for line in Path(auth_file).read_text().splitlines() if line.strip()]
+    credentials = []
+    for line in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"--auth expects USER:PASS, got {line.split(':')[0]!r}:…")
+        credentials.append((user, password))
+    return credentials
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from model_backend.backends import BackendError, load_backend
+    from model_backend.scoring import make_router
+    from webapp.datasets import DatasetError, bundled_samples_path, load_manifest
+    from webapp.reviews import DEFAULT_DB_NAME, ReviewStore
+    from webapp.ui import AppContext, build_app, launch_settings
+
+    try:
+        backend = load_backend(args.model, **{k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v})
+        dataset = load_manifest(args.data or bundled_samples_path())
+    except (BackendError, DatasetError, OSError) as err:
+        sys.exit(f"error: {err}")
+    db_path = Path(args.db) if args.db else dataset.root / DEFAULT_DB_NAME
+    reviews = ReviewStore(db_path)
+    credentials = read_auth(args.auth, args.auth_file)
+    demo = build_app(AppContext(backend=backend, dataset=dataset, reviews=reviews, auth_enabled=bool(credentials)))
+    log.info("backend %s (%s) on %s; dataset %s; reviews in %s", backend.info.name, backend.info.model_id,
+             backend.info.device, dataset.name, db_path)  # fmt: skip
+    launch = {
+        "server_name": args.host,
+        "server_port": args.port,
+        "auth": credentials or None,
+        "prevent_thread_lock": True,
+        "run_history": False,
+        **launch_settings(),
+    }
+    try:
+        demo.queue(default_concurrency_limit=4).launch(share=args.share, **launch)
+    except Exception as err:  # the share tunnel cannot open offline: keep serving locally
+        if not args.share:
+            raise
+        log.warning("could not create a share link (%s); serving locally only", err)
+        demo.launch(share=False, **launch)
+    demo.app.include_router(make_router(backend, args.api_key))
+    log.info("scoring endpoint: POST http://%s:%d/score", args.host, args.port)
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()
