@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS", help="repeatable")
     parser.add_argument("--auth-file", default=None, help="file with one USER:PASS per line")
     parser.add_argument("--api-key", default=os.environ.get("CXR_REVIEW_API_KEY"), help="key for POST /score")
+    parser.add_argument("--results", default=None, help="batch results JSONL for the dashboard (default: replay file)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: automatic)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
     return parser.parse_args(argv)
@@ -61,7 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     db_path = Path(args.db) if args.db else dataset.root / DEFAULT_DB_NAME
     reviews = ReviewStore(db_path)
     credentials = read_auth(args.auth, args.auth_file)
-    demo = build_app(AppContext(backend=backend, dataset=dataset, reviews=reviews, auth_enabled=bool(credentials)))
+    results = args.results or (args.model.removeprefix("replay:") if args.model.startswith("replay:") else None)
+    context = AppContext(
+        backend=backend,
+        dataset=dataset,
+        reviews=reviews,
+        auth_enabled=bool(credentials),
+        results_path=Path(results) if results else None,
+        manifest_path=dataset.manifest_path,
+    )
+    demo = build_app(context)
     log.info("backend %s (%s) on %s; dataset %s; reviews in %s", backend.info.name, backend.info.model_id,
              backend.info.device, dataset.name, db_path)  # fmt: skip
     launch = {

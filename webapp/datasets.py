@@ -95,8 +95,10 @@ class Dataset:
         errors: list[RowError] | None = None,
         *,
         cache_size: int = 8,
+        manifest_path: Path | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.manifest_path = manifest_path
         self.name = name
         self.entries = entries
         self.errors = errors or []
@@ -188,7 +190,7 @@ def load_manifest(path: str | Path, cache_size: int = 8) -> Dataset:
             continue
         seen[entry.study_id] = line
         entries.append(entry)
-    return Dataset(root, root.name, entries, errors, cache_size=cache_size)
+    return Dataset(root, root.name, entries, errors, cache_size=cache_size, manifest_path=path.resolve())
 
 
 # --- row readers: (line, dict) or (line, error message) ---------------------------------------

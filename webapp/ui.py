@@ -19,6 +19,15 @@ import gradio as gr
 from model_backend.backends.base import Backend, BackendError
 from model_backend.images import ImageLoadError, load_image_bytes
 from model_backend.types import PromptContext, Report, Study
+from webapp.dashboard import (
+    TABLE_COLUMNS,
+    distributions_figure,
+    findings_count_figure,
+    heatmap_figure,
+    load_dashboard,
+    metrics_table,
+    summary_markdown,
+)
 from webapp.datasets import Dataset
 from webapp.reviews import BOX_VERDICTS, SIGNIFICANCES, TEXT_VERDICTS, FindingVerdict, ReportVerdict, ReviewStore
 from webapp.viewer import crop_outline_image
@@ -64,6 +73,8 @@ class AppContext:
     dataset: Dataset
     reviews: ReviewStore
     auth_enabled: bool = False
+    results_path: Path | None = None  # batch results JSONL for the dashboard
+    manifest_path: Path | None = None
 
 
 @dataclass
@@ -455,6 +466,32 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             )
         return rows
 
+    # ---------------------------------------------------------------- dashboard
+    def dashboard() -> tuple[Any, ...]:
+        if ctx.results_path is None or ctx.manifest_path is None:
+            message = (
+                "No results file. Run `python -m model_backend.batch ...` and start the app with `--results FILE`."
+            )
+            return message, None, None, None, []
+        try:
+            data = load_dashboard(ctx.results_path, ctx.manifest_path)
+        except (OSError, ValueError) as err:
+            return f"Cannot read {ctx.results_path}: {err}", None, None, None, []
+        return (
+            summary_markdown(data),
+            distributions_figure(data),
+            heatmap_figure(data),
+            findings_count_figure(data),
+            metrics_table(data),
+        )
+
+    def open_from_table(event: gr.SelectData) -> tuple[Any, ...]:
+        row = event.row_value or []
+        study_id = row[0] if row else None
+        if study_id not in study_ids:
+            return gr.update(), gr.update()
+        return study_id, gr.Tabs(selected="review")
+
     # ================================================================= layout
     with gr.Blocks(title="CXR grounding review", analytics_enabled=False) as demo:
         session = gr.State(Session())
@@ -598,6 +635,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 up_open = gr.Button("Open as study", variant="primary", elem_id="open-upload")
                 up_msg = gr.HTML(elem_id="upload-msg")
 
+            with gr.Tab("Dashboard", id="dashboard"):
+                dash_summary = gr.Markdown()
+                with gr.Row():
+                    dash_dist = gr.Plot(label="Metric distributions")
+                    dash_heat = gr.Plot(label="Box positions")
+                dash_counts = gr.Plot(label="Findings per study")
+                gr.Markdown("Click a row to open that study in the viewer. Columns sort by clicking their header.")
+                dash_table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, elem_id="dash-table")
+
         view_outputs = [figure, header, findings, details, toggles]
         section_fields = [indication, technique, comparison, prior_report]
         context_inputs = [*section_fields, use_lateral, use_prior, grounded]
@@ -618,6 +664,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             ).then(None, [study_list, use_lateral, use_prior, grounded], None, js=URL_JS)
 
         then_open(opened)
+        demo.load(dashboard, None, [dash_summary, dash_dist, dash_heat, dash_counts, dash_table])
+        then_open(dash_table.select(open_from_table, None, [study_list, tabs]))
         then_open(study_list.input(lambda: None, None, None))
         then_open(prev_btn.click(lambda s: step(s, -1), session, study_list))
         then_open(next_btn.click(lambda s: step(s, +1), session, study_list))
