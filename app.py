@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from model_backend.backends import BackendError, load_backend
+    from model_backend.datasets import DatasetError, bundled_samples_path, load_manifest
     from model_backend.scoring import make_router
-    from webapp.datasets import DatasetError, bundled_samples_path, load_manifest
     from webapp.reviews import DEFAULT_DB_NAME, ReviewStore
     from webapp.ui import AppContext, build_app, launch_settings
 

@@ -44,9 +44,9 @@ from tqdm import tqdm
 
 from model_backend.backends import load_backend
 from model_backend.backends.base import Backend, BackendError
+from model_backend.datasets import Dataset, DatasetError, StudyEntry, load_manifest
 from model_backend.protocol import report_to_output
 from model_backend.types import PromptContext, Report
-from webapp.datasets import Dataset, DatasetError, StudyEntry, load_manifest
 
 _TEXT_FIELDS = ("indication", "technique", "comparison", "prior_report")
 _BOOL_FIELDS = ("use_lateral", "use_prior", "grounded")

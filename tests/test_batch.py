@@ -18,10 +18,10 @@ from model_backend.backends.base import BackendError
 from model_backend.backends.local import GenerationSettings, LocalBackend
 from model_backend.backends.replay import ReplayBackend
 from model_backend.batch import BatchError, ContextSpec, load_contexts, read_done, run_batch
+from model_backend.datasets import load_manifest
 from model_backend.protocol import decode_output
 from model_backend.types import PromptContext
 from tests.conftest import TINY_MAX_NEW_TOKENS
-from webapp.datasets import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXTS_YAML = """\

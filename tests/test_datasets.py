@@ -1,4 +1,4 @@
-"""webapp.datasets: the bundled manifest, path confinement, per-row errors, CSV/JSONL parity, box frames."""
+"""model_backend.datasets: the bundled manifest, path confinement, per-row errors, CSV/JSONL parity, box frames."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_backend.types import Box
-from webapp.datasets import (
+from model_backend.datasets import (
     Dataset,
     DatasetError,
     ManifestBox,
     bundled_samples_path,
     load_manifest,
 )
+from model_backend.types import Box
 
 CSV_COLUMNS = [
     "study_id",

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from model_backend.backends.base import Backend, BackendError
+from model_backend.datasets import Dataset
 from model_backend.images import ImageLoadError, load_image_bytes
 from model_backend.types import PromptContext, Report, Study
 from webapp.dashboard import (
@@ -28,7 +29,6 @@ from webapp.dashboard import (
     metrics_table,
     summary_markdown,
 )
-from webapp.datasets import Dataset
 from webapp.reviews import BOX_VERDICTS, SIGNIFICANCES, TEXT_VERDICTS, FindingVerdict, ReportVerdict, ReviewStore
 from webapp.viewer import crop_outline_image
 from webapp.views import (
