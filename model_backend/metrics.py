@@ -402,6 +402,8 @@ def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, 
     rows, seen = [], set()
     for number, record in _read_jsonl(results_path):
         where = f"{results_path}:{number}"
+        if record.get("error"):  # a study the batch runner could not process: it has no output to score
+            continue
         missing = [k for k in ("study_id", "context", "output", "image_width", "image_height") if k not in record]
         if missing:
             raise MetricsInputError(f"{where}: missing {', '.join(missing)}")

@@ -251,9 +251,9 @@ def decode_output(output: str | list, row: int | None = None) -> DecodedFindings
     return findings
 
 
-def decode_response(body: bytes | str | list) -> list[DecodedFindings]:
+def decode_response(body: bytes | str | list | dict) -> list[DecodedFindings]:
     """A scoring response -> one decoded findings list per row (`row` in errors is the position)."""
-    payload = body if isinstance(body, list) else _load_json(body, MAX_BYTES)
+    payload = body if isinstance(body, list | dict) else _load_json(body, MAX_BYTES)
     if not isinstance(payload, list):
         raise ProtocolError('expected a JSON list [{"output": ...}, ...]')
     results = []

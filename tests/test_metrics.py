@@ -317,3 +317,13 @@ def test_cli_rejects_bad_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "m.jsonl").write_text('{"study_id": "s1"}\n{oops\n', encoding="utf-8")
     assert main([str(results), "--data", str(tmp_path / "m.jsonl")]) == 2
     assert "m.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_error_lines_from_the_batch_runner_are_skipped(tmp_path: Path) -> None:
+    from model_backend.metrics import evaluate_results
+
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [{"study_id": "s1"}, {"study_id": "s2"}])
+    good = {"study_id": "s1", "context": "A", "output": [["Clear.", None]], "image_width": 10, "image_height": 10}
+    failed = {"study_id": "s2", "context": "A", "output": None, "image_width": None, "error": "blank image"}
+    rows = evaluate_results(_write_jsonl(tmp_path / "r.jsonl", [good, failed]), manifest)
+    assert [r["study_id"] for r in rows] == ["s1"]

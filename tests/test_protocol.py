@@ -237,3 +237,8 @@ def test_bad_response_shape_is_rejected() -> None:
     with pytest.raises(ProtocolError, match='"output" key') as info:
         decode_response([{"output": []}, {"result": []}])
     assert info.value.row == 1
+
+
+def test_decode_response_rejects_a_dict_body_with_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="expected a JSON list"):
+        decode_response({"error": {"message": "bad key"}})
