@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,10 +123,11 @@ class LocalBackend:
         auto_device, auto_dtype = default_device_and_dtype()
         self.device = torch.device(device) if device else auto_device
         self.dtype = getattr(torch, dtype) if dtype else auto_dtype
+        _check_local_snapshot(model_path)
         try:
             self.processor = Maira2Processor.from_pretrained(model_path)
             model = Maira2ForConditionalGeneration.from_pretrained(model_path, dtype=self.dtype)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise BackendError(
                 f"cannot load a MAIRA-2 snapshot from {model_path!r}: {err}. For microsoft/maira-2, request access "
                 "on the Hugging Face hub, log in, download it, then pass the folder or hub id with --model."
@@ -336,3 +338,12 @@ class LocalBackend:
             timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.generated)))),
             task=row.prompt.task,
         )
+
+
+def _check_local_snapshot(model_path: str) -> None:
+    """Clear errors for a folder that is not a snapshot, before transformers reads it as a hub id."""
+    local = Path(model_path).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise BackendError(f"{model_path!r} is a folder but not a MAIRA-2 snapshot: it has no config.json")
+    if model_path.startswith(("/", ".", "~")) and not local.exists():
+        raise BackendError(f"the model folder {model_path!r} does not exist")

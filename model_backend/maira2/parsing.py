@@ -7,7 +7,8 @@ Bins map to bin centres, `(i + 0.5) / 100`, in the model frame (x_min, y_min, x_
 `parse_strict` reproduces the official `convert_output_to_plaintext_or_grounded_sequence`
 (raises on anything it cannot read). `parse_tolerant` never raises: it returns what it can
 read, a `complete` flag and human-readable warnings; on every string the strict parser
-accepts, both give the same findings.
+accepts, both give the same findings (except that a box generated with x_max < x_min or
+y_max < y_min comes back with its corners ordered, and a warning).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ PHRASE_START, PHRASE_END, BOX_START, BOX_END = "<obj>", "</obj>", "<box>", "</bo
 GROUNDING_MARKERS = (PHRASE_START, PHRASE_END, BOX_START, BOX_END)
 STRICT_BOX_RE = re.compile(r"<x(\d+?)><y(\d+?)><x(\d+?)><y(\d+?)>")
 _TOKEN_RE = re.compile(r"<obj>|</obj>|<box>|</box>|<([xy])(\d+)>")
+_COORD_RE = re.compile(r"<[xy]\d+>")
+_LITERAL_TOKEN_WARNINGS = {PHRASE_START: "nested <obj> kept as text", BOX_END: "</box> without <box>"}
 
 StrictResult = str | list[tuple[str, list[tuple[float, float, float, float]] | None]]
 
@@ -98,57 +101,62 @@ def parse_tolerant(text: str, *, truncated: bool = False, num_bins: int = NUM_BI
     findings: list[Finding] = []
     sentence_parts: list[str] = []
     boxes: list[Box] | None = None
-    in_phrase = in_box = False
-    coords: list[tuple[str, int]] = []
+    in_phrase = in_box = had_box = False  # had_box: the open phrase has reached its first <box>
+    box_start = 0  # where the open box's text begins
 
     def close_phrase() -> None:
-        nonlocal boxes
+        nonlocal boxes, had_box
         joined = "".join(sentence_parts)
         sentence = joined.strip() if boxes else joined.lstrip()  # as the official parser does
         if not sentence and not boxes:
             warnings.append("empty phrase")
         findings.append(Finding(sentence, tuple(boxes) if boxes else None))
         sentence_parts.clear()
-        boxes = None
+        boxes, had_box = None, False
 
-    def close_box() -> None:
+    def close_box(box_text: str) -> None:
+        """Read a box's text as the official parser does: the first contiguous <x><y><x><y> run."""
         nonlocal boxes
-        axes = "".join(axis for axis, _ in coords)
-        start = axes.find("xyxy")  # the official parser takes the first x,y,x,y run in the box
-        if start == -1:
-            warnings.append(f"malformed box {''.join(f'<{a}{v}>' for a, v in coords) or '(empty)'} dropped")
-        elif any(v >= num_bins for _, v in coords[start : start + 4]):
+        match = STRICT_BOX_RE.search(box_text)
+        if match is None:
+            warnings.append(f"malformed box {box_text.strip()[:40] or '(empty)'} dropped")
+            return
+        bins = [int(v) for v in match.groups()]
+        if any(v >= num_bins for v in bins):
             warnings.append(f"box bin out of range (>= {num_bins}) dropped")
-        else:
-            if len(coords) != 4:
-                warnings.append("extra coordinate tokens in a box ignored")
-            x0, y0, x1, y1 = (bin_to_coord(v, num_bins) for _, v in coords[start : start + 4])
-            if x1 < x0 or y1 < y0:
-                warnings.append("box with max < min: corners reordered")
-                x0, x1 = sorted((x0, x1))
-                y0, y1 = sorted((y0, y1))
-            boxes = [*(boxes or []), Box(x0, y0, x1, y1)]
-        coords.clear()
+            return
+        if len(_COORD_RE.findall(box_text)) != 4:
+            warnings.append("extra coordinate tokens in a box ignored")
+        x0, y0, x1, y1 = (bin_to_coord(v, num_bins) for v in bins)
+        if x1 < x0 or y1 < y0:
+            warnings.append("box with max < min: corners reordered")
+            x0, x1 = sorted((x0, x1))
+            y0, y1 = sorted((y0, y1))
+        boxes = [*(boxes or []), Box(x0, y0, x1, y1)]
 
     position = 0
     for match in _TOKEN_RE.finditer(stripped):
         between = stripped[position : match.start()]
         position = match.end()
         token = match.group(0)
+        if in_phrase and not in_box:
+            sentence_parts.append(between)  # whitespace too: literal tokens may follow
         if between.strip():
             if in_box:
                 warnings.append(f"stray text inside a box: {between.strip()[:40]!r}")
-            elif in_phrase:
-                if boxes:
-                    warnings.append(f"text after a box inside a phrase: {between.strip()[:40]!r}")
-                sentence_parts.append(between)
-            else:
+            elif in_phrase and had_box:
+                warnings.append(f"text after a box inside a phrase: {between.strip()[:40]!r}")
+            elif not in_phrase:
                 warnings.append(f"stray text between phrases: {between.strip()[:40]!r}")
-        if token == PHRASE_START:
-            if in_box:
-                warnings.append("unclosed <box>")
-                close_box()
-                in_box = False
+        if in_box and token not in (BOX_END, PHRASE_END):
+            # The official parser reads a box up to the first </box>; other tokens stay in its text.
+            if match.group(1) is None:
+                warnings.append(f"{token} inside a box ignored")
+        elif in_phrase and not had_box and token not in (BOX_START, PHRASE_END):
+            # Before a phrase's first <box>, the official parser keeps every other token in the sentence.
+            warnings.append(_LITERAL_TOKEN_WARNINGS.get(token, f"coordinate token {token} outside a box"))
+            sentence_parts.append(token)
+        elif token == PHRASE_START:
             if in_phrase:
                 warnings.append("nested <obj>: previous phrase closed")
                 close_phrase()
@@ -156,7 +164,7 @@ def parse_tolerant(text: str, *, truncated: bool = False, num_bins: int = NUM_BI
         elif token == PHRASE_END:
             if in_box:
                 warnings.append("unclosed <box>")
-                close_box()
+                close_box(stripped[box_start : match.start()])
                 in_box = False
             if in_phrase:
                 close_phrase()
@@ -167,25 +175,19 @@ def parse_tolerant(text: str, *, truncated: bool = False, num_bins: int = NUM_BI
             if not in_phrase:
                 warnings.append("<box> outside a phrase")
                 in_phrase = True
-            if in_box:
-                warnings.append("nested <box>")
-                close_box()
-            in_box = True
+            in_box = had_box = True
+            box_start = position
         elif token == BOX_END:
             if in_box:
-                close_box()
+                close_box(stripped[box_start : match.start()])
             else:
                 warnings.append("</box> without <box>")
             in_box = False
-        else:  # <xN> / <yN>
-            if in_box:
-                coords.append((match.group(1), int(match.group(2))))
-            else:
-                warnings.append(f"coordinate token {token} outside a box")
+        else:
+            warnings.append(f"coordinate token {token} outside a box")
     tail = stripped[position:]
     if in_box:
         warnings.append("output ends inside a box")
-        coords.clear()
         in_box = False
     if in_phrase:
         sentence_parts.append(tail)
