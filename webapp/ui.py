@@ -343,7 +343,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         session.compare_reports = tuple(reports)
         options = replace(session.view(), hidden=set(), highlight=None)
         combined = study_figure(study, reports, options)
-        per_context = [study_figure(study, [r], options) for r in reports] + [None] * (4 - len(reports))
+        # narrow columns: a shorter figure keeps the picture square above its legend (no black bands)
+        per_context = [study_figure(study, [r], options, height=480) for r in reports] + [None] * (4 - len(reports))
         headers, rows = comparison_table(reports)
         timing = " · ".join(f"{r.context.name}: {len(r.findings)} findings" for r in reports)
         demo = f"<p class='demo'>{DEMO_NOTICE}</p>" if backend.info.is_demo else ""
