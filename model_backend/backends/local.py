@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from model_backend.backends.base import BackendError
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
@@ -93,6 +93,46 @@ class _Prefix:
 
     length: int
     layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class _ReservedLayer(DynamicLayer):
+    """A cache layer whose buffers are allocated once for the whole generation.
+
+    `DynamicLayer` concatenates at every step, copying the whole cache (image prefix included)
+    once per token and row; here each step writes only the new positions and the attention
+    reads a view of the filled part.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, batch: int, capacity: int) -> None:
+        super().__init__()
+        _, heads, length, dim = keys.shape
+        self.dtype, self.device = keys.dtype, keys.device
+        self._key_buffer = keys.new_empty((batch, heads, capacity, dim))
+        self._value_buffer = values.new_empty((batch, heads, capacity, values.shape[-1]))
+        self._key_buffer[:, :, :length] = keys
+        self._value_buffer[:, :, :length] = values
+        self.is_initialized = True
+        self._fill(length)
+
+    def _fill(self, length: int) -> None:
+        self.keys = self._key_buffer[:, :, :length]
+        self.values = self._value_buffer[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        if end > self._key_buffer.shape[-2]:
+            raise RuntimeError(f"cache capacity {self._key_buffer.shape[-2]} exceeded")
+        self._key_buffer[:, :, start:end] = key_states
+        self._value_buffer[:, :, start:end] = value_states
+        self._fill(end)
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        length = self.keys.shape[-2]
+        self._key_buffer = self._key_buffer[indices]
+        self._value_buffer = self._value_buffer[indices]
+        self._fill(length)
 
 
 @dataclass
@@ -231,11 +271,10 @@ class LocalBackend:
         self._prefixes.put(prompt.prefix_key, prefix)
         return prefix
 
-    def _batched_cache(self, prefix: _Prefix, batch: int) -> DynamicCache:
-        cache = DynamicCache()
-        for index, (keys, values) in enumerate(prefix.layers):
-            cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), index)
-        return cache
+    def _batched_cache(self, prefix: _Prefix, batch: int, capacity: int) -> Cache:
+        """The prefix's keys/values copied into `batch` rows of buffers that hold `capacity` positions."""
+        with torch.inference_mode():
+            return Cache(layers=[_ReservedLayer(keys, values, batch, capacity) for keys, values in prefix.layers])
 
     def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
         """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
@@ -257,7 +296,7 @@ class LocalBackend:
         )
         active = list(range(len(rows)))
         with self._lock:
-            cache = self._batched_cache(prefix, len(rows))
+            cache = self._batched_cache(prefix, len(rows), prefix.length + width + max(r.budget for r in rows))
         while active:
             with self._lock, torch.inference_mode():
                 out = self.model.language_model(
