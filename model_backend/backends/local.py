@@ -6,7 +6,8 @@ prompt contexts differ only in the short tail after the last image. So this back
 1. computes vision features once per distinct image (LRU keyed by image content),
 2. runs the prompt prefix up to the last image token once and keeps its KV cache (LRU keyed
    by the prefix tokens and image content), and
-3. decodes the K context tails as one batch on top of copies of that cache.
+3. decodes the K context tails as one batch against that one cache: the prefix keys/values are
+   shared by all rows, never copied per row (`shared_prefix.py`), only the tails are cached per row.
 
 A single context follows the same path (prefix + tail), so running contexts one by one or
 together gives the same greedy tokens.
@@ -24,9 +25,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from model_backend.backends.base import BackendError
+from model_backend.backends.shared_prefix import ATTENTION_NAME, SharedPrefixState, shared_prefix
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
 from model_backend.maira2.parsing import parse_tolerant
 from model_backend.maira2.processing import ConstantImageError, Maira2Processor
@@ -95,46 +97,6 @@ class _Prefix:
     layers: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class _ReservedLayer(DynamicLayer):
-    """A cache layer whose buffers are allocated once for the whole generation.
-
-    `DynamicLayer` concatenates at every step, copying the whole cache (image prefix included)
-    once per token and row; here each step writes only the new positions and the attention
-    reads a view of the filled part.
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, batch: int, capacity: int) -> None:
-        super().__init__()
-        _, heads, length, dim = keys.shape
-        self.dtype, self.device = keys.dtype, keys.device
-        self._key_buffer = keys.new_empty((batch, heads, capacity, dim))
-        self._value_buffer = values.new_empty((batch, heads, capacity, values.shape[-1]))
-        self._key_buffer[:, :, :length] = keys
-        self._value_buffer[:, :, :length] = values
-        self.is_initialized = True
-        self._fill(length)
-
-    def _fill(self, length: int) -> None:
-        self.keys = self._key_buffer[:, :, :length]
-        self.values = self._value_buffer[:, :, :length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        start = self.keys.shape[-2]
-        end = start + key_states.shape[-2]
-        if end > self._key_buffer.shape[-2]:
-            raise RuntimeError(f"cache capacity {self._key_buffer.shape[-2]} exceeded")
-        self._key_buffer[:, :, start:end] = key_states
-        self._value_buffer[:, :, start:end] = value_states
-        self._fill(end)
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        length = self.keys.shape[-2]
-        self._key_buffer = self._key_buffer[indices]
-        self._value_buffer = self._value_buffer[indices]
-        self._fill(length)
-
-
 @dataclass
 class _Row:
     """Decoding state of one context in a batch."""
@@ -173,6 +135,8 @@ class LocalBackend:
                 "on the Hugging Face hub, log in, download it, then pass the folder or hub id with --model."
             ) from err
         self.model = model.to(self.device).eval()
+        # SDPA everywhere, except inside `shared_prefix(...)` blocks where rows share the prefix cache.
+        self.model.language_model.config._attn_implementation = ATTENTION_NAME
         self.settings = settings or GenerationSettings()
         self.info = BackendInfo(
             name=name, model_id=model_path, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
@@ -271,11 +235,6 @@ class LocalBackend:
         self._prefixes.put(prompt.prefix_key, prefix)
         return prefix
 
-    def _batched_cache(self, prefix: _Prefix, batch: int, capacity: int) -> Cache:
-        """The prefix's keys/values copied into `batch` rows of buffers that hold `capacity` positions."""
-        with torch.inference_mode():
-            return Cache(layers=[_ReservedLayer(keys, values, batch, capacity) for keys, values in prefix.layers])
-
     def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
         """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
         with self._lock:
@@ -285,20 +244,17 @@ class LocalBackend:
         width = max(len(t) for t in tails)
         pads = [width - len(t) for t in tails]
         ids = torch.tensor([[self.pad_id] * pad + t for pad, t in zip(pads, tails, strict=True)], device=self.device)
-        mask = torch.tensor(
-            [[1] * prefix.length + [0] * pad + [1] * len(t) for pad, t in zip(pads, tails, strict=True)],
-            device=self.device,
-        )
+        mask = torch.tensor([[0] * pad + [1] * len(t) for pad, t in zip(pads, tails, strict=True)], device=self.device)
         start = prefix.length
         positions = torch.tensor(
             [[start] * pad + list(range(start, start + len(t))) for pad, t in zip(pads, tails, strict=True)],
             device=self.device,
         )
         active = list(range(len(rows)))
-        with self._lock:
-            cache = self._batched_cache(prefix, len(rows), prefix.length + width + max(r.budget for r in rows))
+        cache = DynamicCache()  # the tails only; the prefix is shared, not copied per row
         while active:
-            with self._lock, torch.inference_mode():
+            state = SharedPrefixState(prefix.layers, mask)
+            with self._lock, torch.inference_mode(), shared_prefix(state):
                 out = self.model.language_model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1,
