@@ -258,8 +258,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         index = 0 if index is None else (index + delta) % len(study_ids)
         return study_ids[index]
 
-    def filter_list(query: str) -> Any:
+    def filter_list(query: str, unreviewed_only: bool, name: str, request: gr.Request) -> Any:
         matches = [e.study_id for e in dataset.search(query or "")]
+        reviewer = reviewer_name(name, request)
+        if unreviewed_only and reviewer:
+            done = reviews.reviewed_study_ids(dataset.name, reviewer)
+            matches = [m for m in matches if m not in done]
+        if not matches:
+            gr.Info("no study matches; showing all studies")
         return gr.update(choices=matches or study_ids)
 
     def progress_text(session: Session, reviewer: str = "") -> str:
@@ -519,7 +525,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=240):
                         reviewer = gr.Textbox(label="Reviewer", placeholder="your name", elem_id="reviewer")
                         reviewer_store = gr.BrowserState("", storage_key="cxr-reviewer")
-                        search = gr.Textbox(label="Search studies", placeholder="id, finding, label…")
+                        search = gr.Textbox(label="Search studies", placeholder="id, finding, label… (Enter)")
+                        unreviewed_only = gr.Checkbox(label="Only studies I have not reviewed", value=False)
                         study_list = gr.Dropdown(study_ids, label="Study", filterable=True, elem_id="study-list")
                         with gr.Row():
                             prev_btn = gr.Button("← Prev", elem_id="prev-study", size="sm")
@@ -673,7 +680,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         then_open(unreviewed_btn.click(next_unreviewed, [session, reviewer], study_list))
         for flag in (use_lateral, use_prior, grounded):
             flag.input(None, [study_list, use_lateral, use_prior, grounded], None, js=URL_JS)
-        search.submit(filter_list, search, study_list)
+        search.submit(filter_list, [search, unreviewed_only, reviewer], study_list)
+        unreviewed_only.input(filter_list, [search, unreviewed_only, reviewer], study_list)
 
         generate_btn.click(generate, [session, *context_inputs], [session, figure, findings, details, toggles]).then(
             lambda s: gr.update(choices=toggle_choices(s.report), value=None), session, focus
@@ -701,7 +709,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             save_verdict,
             [finding_pick, text_verdict, significance, box_verdict, comment, reviewer, session],
             [finding_pick, review_msg, verdicts],
-        )
+        ).then(progress_text, [session, reviewer], progress)
         save_report_btn.click(save_report, [omissions, rating, report_comment, reviewer, session], review_msg)
         export_btn.click(export, [export_fmt, reviewer], export_file)
         agreement_btn.click(agreement, session, agreement_table)
