@@ -333,6 +333,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         return (*render(session), *context_fields(session.upload))
 
     # ---------------------------------------------------------------- comparison
+    def compare_error(session: Session, message: str) -> tuple[Any, ...]:
+        hidden = [gr.update(value=None, visible=False)] * len(CONTEXT_NAMES)
+        return session, None, _error_html(message), gr.update(value=[]), *hidden
+
     def run_compare(session: Session, *values: Any):
         contexts = []
         for i, name in enumerate(CONTEXT_NAMES):
@@ -340,17 +344,23 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             if enabled:
                 contexts.append(_context_from(name, *fields))
         if len(contexts) < 2:
-            return session, None, "", _error_html("enable at least two contexts"), None, None, None, None
+            return compare_error(session, "enable at least two contexts")
         try:
             study = current_study(session)
             reports = backend.generate(study, contexts)
         except (BackendError, ImageLoadError, ValueError, gr.Error) as err:
-            return session, None, "", _error_html(f"comparison failed: {err}"), None, None, None, None
+            return compare_error(session, f"comparison failed: {err}")
         session.compare_reports = tuple(reports)
         options = replace(session.view(), hidden=set(), highlight=None)
         combined = study_figure(study, reports, options)
         # narrow columns: a shorter figure keeps the picture square above its legend (no black bands)
-        per_context = [study_figure(study, [r], options, height=480) for r in reports] + [None] * (4 - len(reports))
+        per_context = [
+            gr.update(
+                value=study_figure(study, [r], options, height=480), visible=True, label=f"Context {r.context.name}"
+            )
+            for r in reports
+        ]
+        per_context += [gr.update(value=None, visible=False)] * (len(CONTEXT_NAMES) - len(reports))
         headers, rows = comparison_table(reports)
         timing = " · ".join(f"{r.context.name}: {len(r.findings)} findings" for r in reports)
         demo = f"<p class='demo'>{DEMO_NOTICE}</p>" if backend.info.is_demo else ""
@@ -623,9 +633,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 compare_btn = gr.Button("Run comparison", variant="primary", elem_id="run-compare")
                 compare_columns = gr.HTML(elem_id="compare-columns")
                 compare_figure = gr.Plot(label="All contexts", elem_id="compare-figure")
-                compare_table = gr.Dataframe(label="Aligned findings", interactive=False)
+                with gr.Accordion("Aligned findings as a table (sort, copy)", open=False):
+                    compare_table = gr.Dataframe(label="Aligned findings", interactive=False)
                 with gr.Row():
-                    context_figures = [gr.Plot(label=f"Context {n}") for n in CONTEXT_NAMES]
+                    context_figures = [gr.Plot(label=f"Context {n}", visible=False) for n in CONTEXT_NAMES]
             with gr.Tab("Upload study", id="upload"):
                 gr.Markdown(
                     "PNG, JPEG (8/16-bit) or DICOM. The outlined square is what the model sees; "
