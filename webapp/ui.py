@@ -333,6 +333,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         return (*render(session), *context_fields(session.upload))
 
     # ---------------------------------------------------------------- comparison
+    def compare_defaults(session: Session) -> list[Any]:
+        """Every comparison context starts from the study's own sections."""
+        try:
+            fields = context_fields(current_study(session))
+        except (gr.Error, ImageLoadError, ValueError):
+            fields = [""] * 4
+        return fields * len(CONTEXT_NAMES)
+
     def compare_error(session: Session, message: str) -> tuple[Any, ...]:
         hidden = [gr.update(value=None, visible=False)] * len(CONTEXT_NAMES)
         return session, None, _error_html(message), gr.update(value=[]), *hidden
@@ -616,6 +624,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     "highlighted. Line style per context: A solid, B dashed, C dotted, D dash-dot."
                 )
                 compare_inputs: list[Any] = []
+                compare_sections: list[Any] = []  # the four text sections of each context, prefilled per study
                 with gr.Row():
                     for i, name in enumerate(CONTEXT_NAMES):
                         with gr.Column(min_width=200):
@@ -630,6 +639,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                 gr.Checkbox(label="Grounded", value=True),
                             ]
                             compare_inputs += [enabled, *fields]
+                            compare_sections += fields[:4]
                 compare_btn = gr.Button("Run comparison", variant="primary", elem_id="run-compare")
                 compare_columns = gr.HTML(elem_id="compare-columns")
                 compare_figure = gr.Plot(label="All contexts", elem_id="compare-figure")
@@ -680,7 +690,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             """After `event` set the study id: open it, reset the window sliders, update the URL."""
             event.then(open_study, [study_list, session], [session, *view_outputs, *section_fields, progress]).then(
                 window_defaults, session, [centre, width]
-            ).then(None, [study_list, use_lateral, use_prior, grounded], None, js=URL_JS)
+            ).then(compare_defaults, session, compare_sections).then(
+                None, [study_list, use_lateral, use_prior, grounded], None, js=URL_JS
+            )
 
         then_open(opened)
         demo.load(dashboard, None, [dash_summary, dash_dist, dash_heat, dash_counts, dash_table])
@@ -742,7 +754,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         up_prior.change(preview, up_prior, pv_prior)
         up_open.click(
             open_upload, [up_frontal, up_lateral, up_prior, *up_fields, session], [session, up_msg, tabs]
-        ).then(after_upload, session, [*view_outputs, *section_fields])
+        ).then(after_upload, session, [*view_outputs, *section_fields]).then(
+            compare_defaults, session, compare_sections
+        )
     return demo
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import plotly.graph_objects as go
 
@@ -41,10 +41,11 @@ class ViewOptions:
 
 
 def finding_layers(reports: Sequence[Report]) -> list[FindingLayer]:
-    """Layers of several reports (one dash style per report/context)."""
+    """Layers of several reports (one dash style per context; labels name the context when several)."""
     layers: list[FindingLayer] = []
     for index, report in enumerate(reports):
-        layers += layers_from_report(report, context_index=index)
+        for layer in layers_from_report(report, context_index=index):
+            layers.append(replace(layer, label=f"{report.context.name} {layer.label}") if len(reports) > 1 else layer)
     return layers
 
 
