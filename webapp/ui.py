@@ -292,7 +292,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 gr.Warning(f"study {study_id!r} is not in this dataset; opened the first study instead")
             study_id = study_ids[0] if study_ids else None
         flag = lambda name: params.get(name, "1") != "0"  # noqa: E731
-        tab = "compare" if params.get("view") == "compare" else "review"
+        tab = params.get("view") if params.get("view") in ("compare", "dashboard", "upload") else "review"
         return study_id, flag("lateral"), flag("prior"), flag("grounded"), gr.Tabs(selected=tab)
 
     # ---------------------------------------------------------------- upload
@@ -510,6 +510,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             metrics_table(data),
         )
 
+    def open_picked(study_id: str) -> tuple[Any, ...]:
+        if study_id not in study_ids:
+            return gr.update(), gr.update()
+        return study_id, gr.Tabs(selected="review")
+
     def open_from_table(event: gr.SelectData) -> tuple[Any, ...]:
         row = event.row_value or []
         study_id = row[0] if row else None
@@ -667,11 +672,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Dashboard", id="dashboard"):
                 dash_summary = gr.Markdown()
                 with gr.Row():
-                    dash_dist = gr.Plot(label="Metric distributions")
+                    dash_dist = gr.Plot(
+                        label="Metric distributions (click a point to open its study)", elem_id="dash-dist"
+                    )
                     dash_heat = gr.Plot(label="Box positions")
                 dash_counts = gr.Plot(label="Findings per study")
                 gr.Markdown("Click a row to open that study in the viewer. Columns sort by clicking their header.")
                 dash_table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, elem_id="dash-table")
+                dash_pick = gr.Textbox(elem_id="dash-pick", container=False)  # hidden (css); app.js sets it on a click
 
         view_outputs = [figure, header, findings, details, toggles]
         section_fields = [indication, technique, comparison, prior_report]
@@ -697,6 +705,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         then_open(opened)
         demo.load(dashboard, None, [dash_summary, dash_dist, dash_heat, dash_counts, dash_table])
         then_open(dash_table.select(open_from_table, None, [study_list, tabs]))
+        then_open(dash_pick.change(open_picked, dash_pick, [study_list, tabs]))
         then_open(study_list.input(lambda: None, None, None))
         then_open(prev_btn.click(lambda s: step(s, -1), session, study_list))
         then_open(next_btn.click(lambda s: step(s, +1), session, study_list))

@@ -1,6 +1,7 @@
 // Keyboard shortcuts and deep links for the CXR grounding review app.
 // ← / → previous / next study, 1–9 toggle finding N, a all, n none, ? help,
 // c correct, x false finding, Enter save verdict and go to the next finding.
+// Dashboard: clicking a study's point in the metric plot opens that study.
 (() => {
   const typing = (el) => el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.isContentEditable);
   const click = (id) => {
@@ -30,4 +31,17 @@
     else return;
     event.preventDefault();
   });
+  const attachDashboardClicks = () => {
+    const plot = document.querySelector("#dash-dist .js-plotly-plot");
+    if (!plot || plot.__cxrClicks || typeof plot.on !== "function") return;
+    plot.__cxrClicks = true;
+    plot.on("plotly_click", (data) => {
+      const studyId = data && data.points && data.points[0] && data.points[0].text;
+      const field = document.querySelector("#dash-pick textarea, #dash-pick input");
+      if (!studyId || !field) return;
+      field.value = studyId;
+      field.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+  };
+  setInterval(attachDashboardClicks, 1000);
 })();

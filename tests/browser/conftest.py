@@ -7,6 +7,7 @@ browser context, hence its own Gradio session. `CXR_BROWSER_MODEL` picks another
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -31,6 +32,17 @@ CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
+]
+# Two recorded results (batch-runner format) for the dashboard tab; neither is the first study of the samples.
+DASHBOARD_RESULTS = [
+    {
+        "study_id": study_id,
+        "context": {"name": "default"},
+        "image_width": 1024,
+        "image_height": 1024,
+        "output": [["There is a nodule in the left middle zone.", [[0.605, 0.665, 0.695, 0.755]]]],
+    }
+    for study_id in ("nih_00016487_002", "nih_00029808_003")
 ]
 START_TIMEOUT_S = 180
 GENERATE_TIMEOUT_MS = 180_000  # a full grounded report on two shared CPU cores
@@ -80,7 +92,20 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = workdir / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "app.py", "--model", model, "--port", str(port), "--db", str(workdir / "reviews.sqlite")]
+    results = workdir / "results.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in DASHBOARD_RESULTS) + "\n")
+    command = [
+        sys.executable,
+        "app.py",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--db",
+        str(workdir / "reviews.sqlite"),
+        "--results",
+        str(results),
+    ]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
