@@ -319,13 +319,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             lat, _ = read_upload(lateral, False, "lateral")
             pri, _ = read_upload(prior, False, "prior frontal")
         except ImageLoadError as err:
-            return session, _error_html(f"upload rejected: {err}"), gr.update()
+            return session, _error_html(f"upload rejected: {err}"), gr.update(), gr.update()
         context = _context_from("A", indication, technique, comparison, prior_report, True, True, True)
         study = Study(
             study_id=f"upload-{front.content_key[:8]}", frontal=front, lateral=lat, prior_frontal=pri, context=context
         )
         session = Session(upload=study, options=ViewOptions())
-        return session, "<p>Opened the uploaded study in the Review tab.</p>", gr.Tabs(selected="review")
+        opened = "<p>Opened the uploaded study in the Review tab.</p>"
+        return session, opened, gr.Tabs(selected="review"), gr.update(value=None)  # no dataset study is open
 
     def after_upload(session: Session) -> tuple[Any, ...]:
         if session.upload is None:
@@ -762,7 +763,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         up_lateral.change(preview, up_lateral, pv_lateral)
         up_prior.change(preview, up_prior, pv_prior)
         up_open.click(
-            open_upload, [up_frontal, up_lateral, up_prior, *up_fields, session], [session, up_msg, tabs]
+            open_upload, [up_frontal, up_lateral, up_prior, *up_fields, session], [session, up_msg, tabs, study_list]
         ).then(after_upload, session, [*view_outputs, *section_fields]).then(
             compare_defaults, session, compare_sections
         )
