@@ -9,7 +9,8 @@ saved snapshot, each cold run on a fresh backend (empty caches):
 
 (a) wall(K=4 contexts together) / wall(K=1)            naive ~4, target <= 1.6
 (b) wall(same study, new context, warm) / wall(cold)   target <= 0.5
-(c) time to the first closed finding / stream total    target <= 0.25 (cold and warm)
+(c) time to the first closed finding / stream total    target <= 0.25 (cold and warm; and "opened":
+    the app prefetches a study when it is opened, Generate pressed OPEN_DWELL s later)
 (d) peak RSS, prefill (time to first token) and decode (ms per token)
 
     python benchmarks/bench_contexts.py [--steps 80] [--repeats 3] [--threads 1] [--out DIR] [--snapshot DIR]
@@ -41,6 +42,7 @@ from model_backend.maira2.modeling import Maira2ForConditionalGeneration
 from model_backend.maira2.processing import Maira2Processor
 from model_backend.maira2.snapshot import build_tokenizer, default_corpus, make_processor, tiny_config, write_snapshot
 from model_backend.types import PromptContext, Report, Study
+from webapp.prefetch import Prefetcher
 
 TARGET_REPORT = (
     "<obj>Moderate right pleural effusion.<box><x8><y62><x36><y90></box></obj>"
@@ -65,6 +67,7 @@ CONTEXTS = [
 ]  # fmt: skip
 NEW_CONTEXT = PromptContext(name="E", use_prior=False, **{**SECTIONS, "indication": "Follow-up of known effusion."})
 TARGETS = {"a": 1.6, "b": 0.5, "c": 0.25}
+OPEN_DWELL = 1.0  # seconds between opening a study and pressing Generate (a first look at the image)
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -217,6 +220,12 @@ def measure(snapshot: str, study: Study, repeats: int, settings: GenerationSetti
         keep("stream_warm_first_token", ttft)
         keep("stream_warm_first_finding", finding)
         keep("stream_warm_total", total)
+        backend = fresh()
+        Prefetcher(backend).request(study)  # what opening the study in the app does
+        time.sleep(OPEN_DWELL)
+        _, finding, total, _ = stream_times(backend, study, CONTEXTS[0])
+        keep("stream_opened_first_finding", finding)
+        keep("stream_opened_total", total)
     best = {name: min(values) for name, values in runs.items()}
     for name in ("k1", "k4", "cold", "warm"):
         best[name + "_median"] = statistics.median(runs[name])
@@ -231,6 +240,8 @@ def report_table(m: dict[str, float], example: Report) -> bool:
          f"{m['stream_cold_first_finding']:.2f} s / {m['stream_cold_total']:.2f} s"),
         ("(c) first finding / stream, warm", m["stream_warm_first_finding"] / m["stream_warm_total"], TARGETS["c"],
          f"{m['stream_warm_first_finding']:.2f} s / {m['stream_warm_total']:.2f} s"),
+        (f"(c) opened, Generate {OPEN_DWELL:.0f} s later", m["stream_opened_first_finding"] / m["stream_opened_total"],
+         TARGETS["c"], f"{m['stream_opened_first_finding']:.2f} s / {m['stream_opened_total']:.2f} s"),
     ]  # fmt: skip
     decode_tokens = max(m["stream_tokens"] - 1, 1)
     per_token = (m["stream_warm_total"] - m["stream_warm_first_token"]) / decode_tokens

@@ -29,6 +29,7 @@ from webapp.dashboard import (
     metrics_table,
     summary_markdown,
 )
+from webapp.prefetch import Prefetcher
 from webapp.reviews import BOX_VERDICTS, SIGNIFICANCES, TEXT_VERDICTS, FindingVerdict, ReportVerdict, ReviewStore
 from webapp.viewer import crop_outline_image
 from webapp.views import (
@@ -122,6 +123,7 @@ def _context_from(
 def build_app(ctx: AppContext) -> gr.Blocks:
     """Build the Blocks app (call `.launch(...)` on it; see app.py for launch settings)."""
     dataset, backend, reviews = ctx.dataset, ctx.backend, ctx.reviews
+    prefetcher = Prefetcher(backend)
     study_ids = [e.study_id for e in dataset.entries]
 
     def current_study(session: Session) -> Study:
@@ -177,6 +179,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 "",
                 "",
             )
+        prefetcher.request(study)
         return (session, *render(session), *context_fields(study), progress_text(session))
 
     # ---------------------------------------------------------------- generation
@@ -325,6 +328,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             study_id=f"upload-{front.content_key[:8]}", frontal=front, lateral=lat, prior_frontal=pri, context=context
         )
         session = Session(upload=study, options=ViewOptions())
+        prefetcher.request(study)
         opened = "<p>Opened the uploaded study in the Review tab.</p>"
         return session, opened, gr.Tabs(selected="review"), gr.update(value=None)  # no dataset study is open
 

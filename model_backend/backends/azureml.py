@@ -81,6 +81,9 @@ class AzureMLBackend:
         """The endpoint answers whole reports only, so the one report is the final one."""
         yield self.generate(study, [context])[0]
 
+    def prefetch(self, study: Study) -> None:
+        """Nothing to warm here: the endpoint keeps no state between requests."""
+
     def ground_phrase(self, study: Study, phrase: str) -> Report:
         raise BackendError("the CXRReportGen endpoint has no phrase grounding; use a local MAIRA-2 model for that")
 

@@ -29,3 +29,7 @@ class Backend(Protocol):
     def ground_phrase(self, study: Study, phrase: str) -> Report:
         """MAIRA-2 phrase grounding: boxes for a given finding on the study's frontal image."""
         ...
+
+    def prefetch(self, study: Study) -> None:
+        """Optional head start when a study is opened (warm caches); may do nothing."""
+        ...

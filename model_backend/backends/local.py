@@ -169,6 +169,14 @@ class LocalBackend:
         prompt = self._phrase_prompt(study, phrase)
         return self._run(study, [prompt])[0]
 
+    def prefetch(self, study: Study) -> None:
+        """Warm the caches for `study` before anyone asks: vision features of all its images and
+        the prompt prefix with all of them (what the default context uses). The prefix ends at the
+        last image, so every context with the same images then starts warm."""
+        prompt = self._reporting_prompt(study, PromptContext(name="prefetch"))
+        with self._lock:
+            self._prefix(prompt)
+
     def cache_stats(self) -> dict[str, int]:
         with self._lock:
             return {

@@ -66,6 +66,9 @@ class ReplayBackend:
     def stream(self, study: Study, context: PromptContext) -> Iterator[Report]:
         yield self._report(study, context)
 
+    def prefetch(self, study: Study) -> None:
+        """Nothing to warm: reports are read from the file."""
+
     def ground_phrase(self, study: Study, phrase: str) -> Report:
         raise BackendError(f"phrase grounding was not recorded in {self.path.name}; replay can only show saved reports")
 
