@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
-import time
+import tracemalloc
 import zlib
 from dataclasses import fields
 from pathlib import Path
@@ -223,11 +223,15 @@ def test_truncated_png_and_jpeg_are_rejected() -> None:
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("side", [8000, 40000])
 def test_huge_dimensions_rejected_from_the_header(side: int) -> None:
-    start = time.perf_counter()
-    with pytest.raises(ImageLoadError, match=r"megapixel") as info:
-        load_image_bytes(png_header_only(side, side))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageLoadError, match=r"megapixel") as info:
+            load_image_bytes(png_header_only(side, side))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert info.value.reason == "too_large"
-    assert time.perf_counter() - start < 0.5  # nothing was allocated or decoded
+    assert peak < 16 * 2**20  # nothing was allocated or decoded (the pixels alone would be >= 64 MB)
 
 
 def test_huge_dicom_dimensions_rejected_before_decoding() -> None:
@@ -320,17 +324,6 @@ def test_window_display_matches_the_dicom_linear_formula() -> None:
     assert np.array_equal(window_display(_image(values), 150, 1), [[0, 0, 0, 255, 255, 255, 255]])
     with pytest.raises(ValueError):
         window_display(_image(values), 150, 0)
-
-
-def test_window_display_is_fast_on_a_full_size_dicom() -> None:
-    image = load_sample(RG1)
-    centre, width = image.default_window
-    best = float("inf")
-    for step in range(5):
-        start = time.perf_counter()
-        window_display(image, centre + step, width)
-        best = min(best, time.perf_counter() - start)
-    assert best < 0.020
 
 
 def test_downscale_for_display() -> None:
