@@ -404,8 +404,9 @@ def test_threads_share_one_store(store: ReviewStore) -> None:
         assert [v.comment for v in store.finding_verdicts(*KEY, f"r{t}").values()] == [f"{t}/{i}" for i in range(40)]
 
 
-def test_two_processes_write_concurrently_and_lose_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "reviews.sqlite"  # both processes create and migrate it at the same time
+def _two_writers(db: Path) -> int:
+    """Release two writer processes at once on a new database (both create and migrate it), check
+    that every acknowledged verdict is stored, and return how often the event log switches writer."""
     procs = {
         name: subprocess.Popen(
             [sys.executable, str(WRITER), str(db), name, "300", "--wait"],
@@ -435,8 +436,16 @@ def test_two_processes_write_concurrently_and_lose_nothing(tmp_path: Path) -> No
             assert {e for (e,) in store._conn.execute("SELECT id FROM events WHERE reviewer = ?", (name,))} == ids
             for i in (0, 149, 299):
                 assert store.finding_verdicts("ds", study_of(i), "r1", name)[i] == writer_verdict(name, i, 0)
-        switches = sum(a != b for a, b in itertools.pairwise(order))
-        assert switches > 1, "the two writers never overlapped; the test proved nothing"
+    return sum(a != b for a, b in itertools.pairwise(order))
+
+
+def test_two_processes_write_concurrently_and_lose_nothing(tmp_path: Path) -> None:
+    # On a loaded machine one writer may finish before the other starts; try again (up to 3 runs)
+    # until they overlap, since a run without overlap proves nothing about concurrency.
+    switches = [_two_writers(tmp_path / "reviews0.sqlite")]
+    while switches[-1] <= 1 and len(switches) < 3:
+        switches.append(_two_writers(tmp_path / f"reviews{len(switches)}.sqlite"))
+    assert switches[-1] > 1, f"the two writers never overlapped in {len(switches)} runs; the test proved nothing"
 
 
 def test_sigkill_keeps_every_acknowledged_verdict(tmp_path: Path) -> None:
