@@ -255,18 +255,28 @@ def sample_example(record: PhantomRecord, processor: Maira2Processor, rng: np.ra
     return reporting_example(record, processor, views=tuple(views), sections=sections, grounded=task != "findings")
 
 
+FINDING_TYPES: tuple[tuple[str, str | None], ...] = (
+    *((kind, side) for kind in KINDS if kind != "cardiomegaly" for side in SIDES),
+    ("cardiomegaly", None),
+)
+N_PATCH_TARGETS = len(KINDS) + len(FINDING_TYPES)
+
+
 def patch_targets(findings: Sequence[PhantomFinding], width: int, height: int, grid: int) -> np.ndarray:
-    """(grid * grid, len(KINDS)) fraction of each image patch (row-major, as the vision tower orders
-    them) covered by the model-frame boxes of each finding kind."""
+    """(grid * grid, N_PATCH_TARGETS) targets per image patch (row-major, as the vision tower orders
+    them): the fraction of the patch covered by the model-frame boxes of each finding kind, then
+    whether each finding type (kind + side) is anywhere in the image (the same for every patch)."""
     edges = np.arange(grid + 1) / grid
-    out = np.zeros((grid, grid, len(KINDS)), dtype=np.float32)
+    out = np.zeros((grid, grid, N_PATCH_TARGETS), dtype=np.float32)
     for finding in findings:
         box = clip_box(image_to_model_box(finding.image_box, width, height))
         cover_x = np.clip(np.minimum(edges[1:], box.x_max) - np.maximum(edges[:-1], box.x_min), 0, None) * grid
         cover_y = np.clip(np.minimum(edges[1:], box.y_max) - np.maximum(edges[:-1], box.y_min), 0, None) * grid
         kind = KINDS.index(finding.kind)
         out[:, :, kind] = np.maximum(out[:, :, kind], np.outer(cover_y, cover_x))
-    return out.reshape(grid * grid, len(KINDS))
+        side = None if finding.kind == "cardiomegaly" else finding.side
+        out[:, :, len(KINDS) + FINDING_TYPES.index((finding.kind, side))] = 1.0
+    return out.reshape(grid * grid, N_PATCH_TARGETS)
 
 
 @dataclass
@@ -275,7 +285,7 @@ class Batch:
     attention_mask: torch.Tensor  # (B, L)
     labels: torch.Tensor  # (B, L): next-token targets at positions that predict the target, else -100
     pixel_values: torch.Tensor  # (n_images, 3, H, W) in prompt order, example by example
-    patch_targets: torch.Tensor  # (n_images, n_patches, len(KINDS)): box coverage per patch and kind
+    patch_targets: torch.Tensor  # (n_images, n_patches, N_PATCH_TARGETS): see `patch_targets`
     patch_weights: torch.Tensor  # (n_images,): 1 for frontal and prior views (boxes known), 0 for lateral
 
 

@@ -433,7 +433,7 @@ def _focal_profile(les: _Lesion, u: np.ndarray, v: np.ndarray, texture: np.ndarr
     for bu, bv, rad, w in les.blobs:
         field += w * np.clip(1.0 - ((du - bu) ** 2 + (dv - bv) ** 2) / (rad * rad), 0.0, 1.0)
     mottle = 0.75 + 0.25 * _sample(texture, u * 150.0 + 17.0, v * 150.0 + 5.0)
-    return _edge(field - 0.35, 0.6) * np.clip(mottle, 0.0, 1.3) * lung
+    return _edge(field - 0.35, 0.9) * np.clip(mottle, 0.0, 1.3) * lung
 
 
 def _effusion_fluid(les: _Lesion, anat: _Anatomy, u: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -730,26 +730,26 @@ def _place_focal(
         t = (zone + _uniform(rng, 0.25, 0.75)) / 3.0
         v = lung.apex_v + t * (lung.dome_v - lung.apex_v)
         if kind == "nodule":
-            size = _uniform(rng, 0.02, 0.05) / 2.0
+            size = _uniform(rng, 0.03, 0.06) / 2.0  # about 10-20 mm across
             blobs: tuple[tuple[float, ...], ...] = ((_uniform(rng, 0, 0.08), _uniform(rng, 0, 6.3)),)
-            amp = _uniform(rng, 0.4, 0.85)
-        elif kind == "mass":
-            size = _uniform(rng, 0.08, 0.15) / 2.0
-            blobs = ((_uniform(rng, 0, 0.1), _uniform(rng, 0, 6.3)), (_uniform(rng, 0, 0.07), _uniform(rng, 0, 6.3)))
             amp = _uniform(rng, 0.5, 0.9)
+        elif kind == "mass":
+            size = _uniform(rng, 0.09, 0.15) / 2.0  # over 30 mm, well defined
+            blobs = ((_uniform(rng, 0, 0.1), _uniform(rng, 0, 6.3)), (_uniform(rng, 0, 0.07), _uniform(rng, 0, 6.3)))
+            amp = _uniform(rng, 0.6, 0.95)
         else:
-            size = _uniform(rng, 0.04, 0.075)
-            n = int(rng.integers(4, 8))
+            size = _uniform(rng, 0.07, 0.095)  # larger, fainter and ill-defined (airspace), unlike a mass
+            n = int(rng.integers(5, 9))
             blobs = tuple(
                 (
-                    float(rng.normal(0, size * 0.45)),
-                    float(rng.normal(0, size * 0.45)),
-                    size * _uniform(rng, 0.6, 0.95),
+                    float(rng.normal(0, size * 0.6)),
+                    float(rng.normal(0, size * 0.6)),
+                    size * _uniform(rng, 0.45, 0.8),
                     _uniform(rng, 0.6, 1.0),
                 )
                 for _ in range(n)
             )
-            amp = _uniform(rng, 0.35, 0.7)
+            amp = _uniform(rng, 0.25, 0.45)
         d = _uniform(rng, lung.med_d + size + 0.02, max(lung.med_d + size + 0.02, lung.lateral_wall(v) - size - 0.015))
         les = _Lesion(kind, side, anat.to_u(side, d), v, size, amp, _uniform(rng, 0.3, 0.7), blobs)
         ext = les.extent(anat)

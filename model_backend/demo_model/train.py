@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerFast
 
 from model_backend.demo_model import phantoms
 from model_backend.demo_model.dataset import (
+    N_PATCH_TARGETS,
     Batch,
     Mix,
     PhantomRecord,
@@ -54,7 +55,7 @@ class TrainConfig:
     """Everything that determines the trained snapshot (recorded in `training.json`)."""
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 2400
     n_phantoms: int = 3000
     batch_size: int = 16
     lr: float = 1e-3
@@ -71,7 +72,8 @@ class TrainConfig:
     heads: int = 4
     vocab_size: int = 2000
     aux_weight: float = 1.0  # auxiliary per-patch finding-coverage loss on the projected image features
-    vision_steps: int = 1200  # stage 1: vision tower + projector on the patch loss alone
+    coverage_pos_weight: float = 10.0  # weight of positive targets (covered patches, present types)
+    vision_steps: int = 5000  # stage 1: vision tower + projector on the patch loss alone
     vision_batch_size: int = 32
     vision_lr: float = 2e-3
     phantom_short_side: tuple[int, int] = (384, 640)  # training renders; evaluation uses the full 384-1024
@@ -138,15 +140,19 @@ def training_size(seed: int, short_side: tuple[int, int]) -> tuple[int, int]:
 
 def load_or_build_records(
     config: TrainConfig, processor: Maira2Processor, cache: Path | None, log: Callable[[str], None]
-) -> list[PhantomRecord]:
-    """Render the training phantoms (seeds 0..n-1), or read them from `cache` if it matches."""
+) -> tuple[list[PhantomRecord], float, bool]:
+    """Render the training phantoms (seeds 0..n-1), or read them from `cache` if it matches.
+
+    Returns the records, the seconds rendering them took (when the cache was built, if read from
+    it) and whether they came from the cache. Rendering is deterministic, so both are the same data.
+    """
     key = (config.n_phantoms, config.image_size, config.phantom_short_side)
     if cache is not None and cache.exists():
         with cache.open("rb") as f:
-            stored_key, records = pickle.load(f)
-        if stored_key == key:
-            log(f"phantoms: {len(records)} read from {cache}")
-            return records
+            stored = pickle.load(f)
+        if stored["key"] == key:
+            log(f"phantoms: {len(stored['records'])} read from {cache}")
+            return stored["records"], stored["render_seconds"], True
     if config.n_phantoms > TRAIN_SEED_LIMIT:
         raise ValueError(f"at most {TRAIN_SEED_LIMIT} training phantoms (seeds below the evaluation range)")
     start = time.perf_counter()
@@ -156,10 +162,11 @@ def load_or_build_records(
         size_for=lambda seed: training_size(seed, config.phantom_short_side),
         progress=lambda done, total: log(f"phantoms: {done}/{total} rendered ({time.perf_counter() - start:.0f} s)"),
     )
+    seconds = time.perf_counter() - start
     if cache is not None:
         with cache.open("wb") as f:
-            pickle.dump((key, records), f)
-    return records
+            pickle.dump({"key": key, "records": records, "render_seconds": seconds}, f)
+    return records, seconds, False
 
 
 def batches(
@@ -207,27 +214,32 @@ def losses_on_batch(
 class PatchProbe(torch.nn.Module):
     """Training-only linear probe on the projected image tokens (not part of the snapshot).
 
-    Per patch it predicts how much of the patch each finding kind's boxes cover (binary
-    cross-entropy on soft targets, only where boxes are known) and the patch's own row and column
-    (cross-entropy). The first teaches the from-scratch vision tower where findings are; the second
-    keeps each image token's position readable, which the language model needs for sides, zones
-    and box coordinates (its rotary positions only say how far back a token is).
+    Per patch it predicts how much of the patch each finding kind's boxes cover and which finding
+    types (kind + side) the image shows (binary cross-entropy on `patch_targets`, only where boxes
+    are known), and the patch's own row and column (cross-entropy). Coverage teaches the
+    from-scratch vision tower where findings are; the image-level types put the answer to "what,
+    on which side" into every image token, so the language model can read it with any attention
+    pattern; row and column keep each token's position readable, which the language model needs
+    for zones and box coordinates (its rotary positions only say how far back a token is).
     """
 
-    def __init__(self, hidden: int, grid: int) -> None:
+    def __init__(self, hidden: int, grid: int, pos_weight: float = 1.0) -> None:
         super().__init__()
         self.grid = grid
-        self.linear = torch.nn.Linear(hidden, len(phantoms.KINDS) + 2 * grid)
+        self.linear = torch.nn.Linear(hidden, N_PATCH_TARGETS + 2 * grid)
+        self.register_buffer("pos_weight", torch.tensor(pos_weight), persistent=False)
 
     def loss(self, image_features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = self.linear(image_features)
-        n_kinds = len(phantoms.KINDS)
-        per_patch = F.binary_cross_entropy_with_logits(out[..., :n_kinds], targets, reduction="none")
+        n_targets = N_PATCH_TARGETS
+        per_patch = F.binary_cross_entropy_with_logits(
+            out[..., :n_targets], targets, reduction="none", pos_weight=self.pos_weight
+        )
         weights = weights[:, None, None].expand_as(per_patch)
         coverage = (per_patch * weights).sum() / weights.sum().clamp(min=1)
         index = torch.arange(self.grid * self.grid).repeat(image_features.shape[0])
-        rows = F.cross_entropy(out[..., n_kinds : n_kinds + self.grid].reshape(-1, self.grid), index // self.grid)
-        cols = F.cross_entropy(out[..., n_kinds + self.grid :].reshape(-1, self.grid), index % self.grid)
+        rows = F.cross_entropy(out[..., n_targets : n_targets + self.grid].reshape(-1, self.grid), index // self.grid)
+        cols = F.cross_entropy(out[..., n_targets + self.grid :].reshape(-1, self.grid), index % self.grid)
         return coverage + 0.1 * (rows + cols)
 
 
@@ -314,8 +326,8 @@ def train(
 
     Keyword overrides replace fields of `config` (e.g. `train(steps=2, n_phantoms=4, out=tmp)`).
     `minutes` caps the wall-clock training time (the snapshot records where it stopped). One thread
-    by default: on a shared 2-core machine, two torch threads contending with other work are
-    several times slower than one.
+    by default (tests; on a busy 2-core machine two contending threads are slower than one); the
+    command line uses two, for a machine left to the training.
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     if isinstance(config.mix, dict):
@@ -324,14 +336,12 @@ def train(
     cv2.setNumThreads(threads)
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    started = time.perf_counter()
     processor = build_processor(config)
-    records = load_or_build_records(config, processor, Path(cache) if cache else None, log)
-    data_seconds = time.perf_counter() - started
+    records, render_seconds, from_cache = load_or_build_records(config, processor, Path(cache) if cache else None, log)
     model = build_model(config, processor)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters; {processor.num_image_tokens} tokens per image")
-    probe = PatchProbe(config.text_hidden, config.image_size // config.patch_size)
+    probe = PatchProbe(config.text_hidden, config.image_size // config.patch_size, config.coverage_pos_weight)
     rng = np.random.default_rng(config.seed)
     model.train()
     vision_start = time.perf_counter()
@@ -376,7 +386,8 @@ def train(
         "parameters": n_params,
         "tokens_per_image": processor.num_image_tokens,
         "vocab_size": len(processor.tokenizer),
-        "data_seconds": round(data_seconds, 1),
+        "render_seconds": round(render_seconds, 1),
+        "phantoms_from_cache": from_cache,
         "vision_seconds": round(vision_seconds, 1),
         "train_seconds": round(time.perf_counter() - train_start, 1),
         "final_loss": round(float(np.mean(losses[-log_every:])), 4) if losses else None,
@@ -431,10 +442,14 @@ def write_model_card(folder: str | Path) -> Path:
         f"{config['mix']['findings']:.0%}, phrase grounding the rest; lateral and prior images, indication, "
         "technique, comparison and prior report randomly present or missing. A fresh prompt context is drawn "
         "every time a phantom is visited.",
+        "- Sizes: nodules 3-6 % of the image width across (about 10-20 mm), masses 9-15 % (well defined,",
+        "  dense), consolidation 16-28 % (patchy, faint, ill-defined), so that the kinds differ as they do on film.",
         "- Language loss on assistant tokens (and end-of-sequence) only. Training-only auxiliary loss: a linear",
-        "  probe on each projected image token predicts how much of that patch each finding kind's box covers",
-        "  (frontal and prior views). Stage 1 trains the vision tower and projector on that loss alone (cheap, no",
-        "  language model); stage 2 trains everything on language + auxiliary loss. The probe is not saved.",
+        "  probe on each projected image token predicts how much of that patch each finding kind's box covers,",
+        "  which finding types (kind + side) the image shows, and the token's own row and column (frontal and prior",
+        f"  views; covered patches weighted {config['coverage_pos_weight']}x). Stage 1 trains the vision tower and",
+        "  projector on that loss alone (cheap, no language model); stage 2 trains everything on language +",
+        "  auxiliary loss. The probe is not saved.",
         "",
         "## Architecture",
         "",
@@ -458,7 +473,9 @@ def write_model_card(folder: str | Path) -> Path:
         f"batch {config['batch_size']}, "
         f"AdamW lr {config['lr']} (warm-up {config['warmup']}, cosine to {config['min_lr_ratio']} x), "
         f"weight decay {config['weight_decay']}, gradient clipping {config['grad_clip']}.",
-        f"- Time: {training['data_seconds'] / 60:.1f} min rendering phantoms + "
+        f"- Time: {training['render_seconds'] / 60:.1f} min rendering phantoms"
+        + (" (this run read them from a cache built by the same code)" if training["phantoms_from_cache"] else "")
+        + " + "
         f"{training['vision_seconds'] / 60:.1f} min stage 1 + {training['train_seconds'] / 60:.1f} min stage 2 "
         f"on {training['threads']} CPU thread(s) "
         f"({training['machine']}, torch {training['torch']}).",
@@ -506,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads (default 2)")
     parser.add_argument("--cache", type=Path, default=None, help="pickle of rendered phantoms, reused when it matches")
     args = parser.parse_args(argv)
     train(
