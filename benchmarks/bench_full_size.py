@@ -32,9 +32,14 @@ import torch
 from bench_contexts import CONTEXTS, NEW_CONTEXT, SECTIONS, TARGET_REPORT, build_study, stream_times, timed
 
 from model_backend.backends.local import GenerationSettings, LocalBackend
-from model_backend.maira2.configuration import Maira2Config
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration
-from model_backend.maira2.snapshot import build_tokenizer, default_corpus, make_processor, write_snapshot
+from model_backend.maira2.snapshot import (
+    build_tokenizer,
+    default_corpus,
+    make_processor,
+    tiny_config,
+    write_snapshot,
+)
 
 FULL = {"vision": (768, 12, 12, 3072), "text": (4096, 32, 32, 11008)}
 SMALL = {"vision": (64, 2, 4, 128), "text": (128, 2, 4, 256)}
@@ -47,23 +52,13 @@ def build(out: Path, sizes: dict[str, tuple[int, int, int, int]], device: str, d
     processor = make_processor(tokenizer, image_size=518, patch_size=14)
     v_hidden, v_layers, v_heads, v_mlp = sizes["vision"]
     t_hidden, t_layers, t_heads, t_mlp = sizes["text"]
-    config = Maira2Config(
-        vision_config={
-            "model_type": "dinov2", "hidden_size": v_hidden, "num_hidden_layers": v_layers,
-            "num_attention_heads": v_heads, "intermediate_size": v_mlp, "image_size": 518, "patch_size": 14,
-            "out_features": [f"stage{v_layers}"], "reshape_hidden_states": False, "apply_layernorm": True,
-            "layerscale_value": 1.0,
-        },
-        text_config={
-            "model_type": "llama", "hidden_size": t_hidden, "num_hidden_layers": t_layers,
-            "num_attention_heads": t_heads, "num_key_value_heads": t_heads, "intermediate_size": t_mlp,
-            "vocab_size": len(tokenizer), "max_position_embeddings": 4096, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-            "tie_word_embeddings": False,
-        },
-        image_token_index=processor.image_token_id, projector_n_layers=4, vision_feature_select_strategy="default",
-        vision_feature_layer=-1, image_seq_length=(518 // 14) ** 2,
+    config = tiny_config(
+        len(tokenizer), processor.image_token_id, image_size=518, patch_size=14, vision_hidden=v_hidden,
+        vision_layers=v_layers, text_hidden=t_hidden, text_layers=t_layers, heads=t_heads,
+        vision_intermediate=v_mlp, text_intermediate=t_mlp, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
+    config.vision_config.num_attention_heads = v_heads
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

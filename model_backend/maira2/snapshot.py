@@ -65,18 +65,21 @@ def tiny_config(
     text_layers: int = 2,
     heads: int = 4,
     projector_n_layers: int = 4,
+    vision_intermediate: int | None = None,
+    text_intermediate: int | None = None,
     bos_token_id: int = 1,
     eos_token_id: int = 2,
     pad_token_id: int = 3,
 ) -> Maira2Config:
-    """A small Maira2Config of the official shape (Dinov2 backbone, 4-layer projector, Llama)."""
+    """A Maira2Config of the official shape (Dinov2 backbone, 4-layer projector, Llama); small by default.
+    MLP widths default to 4x the hidden size."""
     return Maira2Config(
         vision_config={
             "model_type": "dinov2",
             "hidden_size": vision_hidden,
             "num_hidden_layers": vision_layers,
             "num_attention_heads": heads,
-            "intermediate_size": vision_hidden * 4,
+            "intermediate_size": vision_intermediate or vision_hidden * 4,
             "image_size": image_size,
             "patch_size": patch_size,
             "out_features": [f"stage{vision_layers}"],
@@ -90,7 +93,7 @@ def tiny_config(
             "num_hidden_layers": text_layers,
             "num_attention_heads": heads,
             "num_key_value_heads": heads,
-            "intermediate_size": text_hidden * 4,
+            "intermediate_size": text_intermediate or text_hidden * 4,
             "vocab_size": vocab_size,
             "max_position_embeddings": 4096,
             "bos_token_id": bos_token_id,
