@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from model_backend.backends import DEMO_MODEL_PATH, load_backend
 from model_backend.backends.local import LocalBackend
-from model_backend.demo_model.dataset import Mix, collate, make_record, sample_example
+from model_backend.demo_model.dataset import FINDING_TYPES, Mix, collate, make_record, patch_targets, sample_example
 from model_backend.demo_model.evaluate import evaluate, finding_type, phantom_study
-from model_backend.demo_model.phantoms import render_phantom
+from model_backend.demo_model.phantoms import KINDS, PhantomFinding, render_phantom
 from model_backend.demo_model.train import TrainConfig, build_processor, train
-from model_backend.types import PromptContext
+from model_backend.types import Box, PromptContext
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +73,35 @@ def test_demo_model_grounds_a_typed_phrase(demo_backend):
 
 
 def test_training_labels_cover_exactly_the_target():
-    processor = build_processor(TrainConfig())
+    config = TrainConfig()
+    processor = build_processor(config)
     record = make_record(3, processor, size=(300, 400))  # also checks tokens against the official processor call
     rng = np.random.default_rng(0)
     examples = [sample_example(record, processor, rng, Mix()) for _ in range(6)]
-    batch = collate(examples, [record] * 6, processor.tokenizer.pad_token_id, processor.image_preprocessing, 8)
+    grid = config.image_size // config.patch_size
+    batch = collate(examples, [record] * 6, processor.tokenizer.pad_token_id, processor.image_preprocessing, grid)
     assert batch.pixel_values.shape[0] == sum(len(e.views) for e in examples)
     for row, example in enumerate(examples):
         labelled = batch.labels[row][batch.labels[row] != -100].tolist()
         assert labelled == example.input_ids[example.target_start :]
         assert labelled[-1] == processor.tokenizer.eos_token_id
+
+
+def test_patch_targets_on_a_portrait_image():
+    """400 x 600 image: the model sees the central 400 x 400 (rows 100-500), a 4 x 4 grid of 100 px patches."""
+    nodule = PhantomFinding("nodule", "left", "middle", Box(110, 220, 140, 250), "")  # inside patch (row 1, col 1)
+    consolidation = PhantomFinding("consolidation", "right", "upper", Box(0, 100, 250, 300), "")  # rows 0-1, cols 0-2.5
+    targets = patch_targets([nodule, consolidation], 400, 600, grid=4).reshape(4, 4, -1)
+    expected_nodule = np.zeros((4, 4))
+    expected_nodule[1, 1] = 0.09  # a 30 x 30 px box covers 9 % of that 100 x 100 px patch
+    np.testing.assert_allclose(targets[..., KINDS.index("nodule")], expected_nodule, atol=1e-6)
+    expected_consolidation = np.zeros((4, 4))
+    expected_consolidation[:2, :2] = 1.0
+    expected_consolidation[:2, 2] = 0.5  # half of those patches' width is covered
+    np.testing.assert_allclose(targets[..., KINDS.index("consolidation")], expected_consolidation, atol=1e-6)
+    present = {FINDING_TYPES[i] for i in np.flatnonzero(targets[0, 0, len(KINDS) :])}
+    assert present == {("nodule", "left"), ("consolidation", "right")}
+    assert np.all(targets[..., len(KINDS) :] == targets[:1, :1, len(KINDS) :])  # image-level: the same in every patch
 
 
 def test_two_training_steps_write_a_loadable_deterministic_snapshot(tmp_path):
