@@ -54,11 +54,10 @@ def build(out: Path, sizes: dict[str, tuple[int, int, int, int]], device: str, d
     t_hidden, t_layers, t_heads, t_mlp = sizes["text"]
     config = tiny_config(
         len(tokenizer), processor.image_token_id, image_size=518, patch_size=14, vision_hidden=v_hidden,
-        vision_layers=v_layers, text_hidden=t_hidden, text_layers=t_layers, heads=t_heads,
+        vision_layers=v_layers, text_hidden=t_hidden, text_layers=t_layers, heads=t_heads, vision_heads=v_heads,
         vision_intermediate=v_mlp, text_intermediate=t_mlp, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    config.vision_config.num_attention_heads = v_heads
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -65,6 +65,7 @@ def tiny_config(
     text_layers: int = 2,
     heads: int = 4,
     projector_n_layers: int = 4,
+    vision_heads: int | None = None,
     vision_intermediate: int | None = None,
     text_intermediate: int | None = None,
     bos_token_id: int = 1,
@@ -72,13 +73,14 @@ def tiny_config(
     pad_token_id: int = 3,
 ) -> Maira2Config:
     """A Maira2Config of the official shape (Dinov2 backbone, 4-layer projector, Llama); small by default.
-    MLP widths default to 4x the hidden size."""
+    The vision tower has `heads` heads unless `vision_heads` says otherwise; MLP widths default to
+    4x the hidden size."""
     return Maira2Config(
         vision_config={
             "model_type": "dinov2",
             "hidden_size": vision_hidden,
             "num_hidden_layers": vision_layers,
-            "num_attention_heads": heads,
+            "num_attention_heads": vision_heads or heads,
             "intermediate_size": vision_intermediate or vision_hidden * 4,
             "image_size": image_size,
             "patch_size": patch_size,
