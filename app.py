@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -45,12 +46,33 @@ def read_auth(pairs: list[str], auth_file: str | None) -> list[tuple[str, str]]:
     return credentials
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name to listen on) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scoring_refusal(host: str, share: bool, api_key: str | None, credentials: list[tuple[str, str]]) -> str | None:
+    """Why `POST /score` must not be served on this configuration (open to the network), or None."""
+    if api_key or credentials or (is_loopback(host) and not share):
+        return None
+    where = "through a share link" if share else f"on {host}"
+    return (
+        f"POST /score is NOT served: the app listens {where} without --api-key or --auth, so anyone who can "
+        "reach it could run the model. Add --api-key KEY (or $CXR_REVIEW_API_KEY) or --auth USER:PASS."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from model_backend.backends import BackendError, load_backend
     from model_backend.datasets import DatasetError, bundled_samples_path, load_manifest
-    from model_backend.scoring import make_router
+    from model_backend.scoring import RouteAccess, make_router
     from webapp.reviews import DEFAULT_DB_NAME, ReviewStore
     from webapp.ui import AppContext, build_app, launch_settings
 
@@ -72,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         manifest_path=dataset.manifest_path,
     )
     demo = build_app(context)
-    log.info("backend %s (%s) on %s; dataset %s; reviews in %s", backend.info.name, backend.info.model_id,
-             backend.info.device, dataset.name, db_path)  # fmt: skip
+    log.info("backend %s (%s, weights %s) on %s; dataset %s; reviews in %s", backend.info.name,
+             backend.info.model_id, backend.info.weights_hash or "unknown", backend.info.device, dataset.name,
+             db_path)  # fmt: skip
     launch = {
         "server_name": args.host,
         "server_port": args.port,
@@ -89,8 +112,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         log.warning("could not create a share link (%s); serving locally only", err)
         demo.launch(share=False, **launch)
-    demo.app.include_router(make_router(backend, args.api_key))
-    log.info("scoring endpoint: POST http://%s:%d/score", args.host, args.port)
+    refusal = scoring_refusal(args.host, args.share, args.api_key, credentials)
+    if refusal:
+        log.warning("%s", refusal)
+    else:
+        demo.app.include_router(make_router(backend, RouteAccess(args.api_key or None, tuple(credentials))))
+        log.info("scoring endpoint: POST http://%s:%d/score", args.host, args.port)
     demo.block_thread()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,14 @@ class BackendInfo:
     dtype: str = "float32"
     is_demo: bool = False
     can_ground_phrases: bool = True
+    weights_hash: str = ""  # `model_backend.weights_digest` of the weights ("" when unknown, e.g. remote)
+
+    @property
+    def label(self) -> str:
+        """The model as people should see it: a folder's name (never its path on this server), a hub id or URL."""
+        if self.model_id.startswith(("/", "~", ".")) or "\\" in self.model_id:
+            return Path(self.model_id).name or self.model_id
+        return self.model_id
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         study_id = params.get("study")
         if study_id not in study_ids:
             if study_id:
-                gr.Warning(f"study {study_id!r} is not in this dataset; opened the first study instead")
+                gr.Warning(f"study {html.escape(repr(study_id[:100]))} is not in this dataset; opened the first study")
             study_id = study_ids[0] if study_ids else None
         flag = lambda name: params.get(name, "1") != "0"  # noqa: E731
         tab = params.get("view") if params.get("view") in ("compare", "dashboard", "upload") else "review"
@@ -302,7 +302,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     def read_upload(path: str | None, required: bool, label: str) -> tuple[Any, str]:
         if not path:
             if required:
-                raise ImageLoadError(f"the {label} image is required", reason="missing")
+                raise ImageLoadError("missing", f"The {label} image is required.")
             return None, ""
         data = Path(path).read_bytes()
         return load_image_bytes(data, name=Path(path).name), ""
@@ -313,7 +313,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         try:
             return crop_outline_image(load_image_bytes(Path(path).read_bytes(), name=Path(path).name))
         except ImageLoadError as err:
-            gr.Warning(str(err))
+            gr.Warning(html.escape(str(err)))
             return None
 
     def open_upload(frontal, lateral, prior, indication, technique, comparison, prior_report, session: Session):
@@ -489,7 +489,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         rows = []
         for row in reviews.agreement(dataset.name, study.study_id, session.report.report_id):
             verdicts = "; ".join(
-                f"{r['reviewer']}: {r.get('text_verdict')}/{r.get('box_verdict')}" for r in row["reviewers"]
+                f"{name}: {v['text_verdict'] or '—'}/{v['box_verdict'] or '—'}" for name, v in row["reviewers"].items()
             )
             rows.append(
                 [row["finding_index"] + 1, row["finding_text"], verdicts, str(row["text_agree"]), str(row["box_agree"])]
@@ -533,7 +533,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.HTML(f"<div class='disclaimer'><b>{html.escape(DISCLAIMER)}</b></div>")
         with gr.Row():
             gr.Markdown(
-                f"### CXR grounding review · backend `{backend.info.name}` · model `{backend.info.model_id}` · "
+                f"### CXR grounding review · backend `{backend.info.name}` · model `{backend.info.label}` "
+                f"(weights {backend.info.weights_hash or 'unknown'}) · "
                 f"{backend.info.device} · dataset `{dataset.name}` ({len(study_ids)} studies)"
             )
             help_toggle = gr.Button("? Help", elem_id="help-toggle", size="sm", scale=0)
@@ -780,6 +781,6 @@ def launch_settings() -> dict[str, Any]:
         "css_paths": [STATIC / "app.css"],
         "head": f"<script>{(STATIC / 'app.js').read_text()}</script>",
         "enable_monitoring": False,
-        "show_error": True,
+        "show_error": False,
         "footer_links": ["gradio"],
     }

@@ -12,6 +12,17 @@ class BackendError(RuntimeError):
     """A backend could not produce a report; the message is meant for a person."""
 
 
+class PromptError(BackendError):
+    """A prompt that cannot run as given (a section too long, not valid text, no room left for the
+    report); the person who wrote it can fix it. `field` names the section ("indication", "phrase",
+    ...), `context_name` the prompt context it belongs to."""
+
+    def __init__(self, message: str, *, field: str | None = None, context_name: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.context_name = context_name
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Generates grounded reports for a study under one or more prompt contexts."""

@@ -24,15 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
 from PIL import Image
 from transformers.cache_utils import DynamicCache
 
-from model_backend.backends.base import BackendError
+from model_backend.backends.base import BackendError, PromptError
 from model_backend.backends.shared_prefix import ATTENTION_NAME, SharedPrefixState, shared_prefix
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
 from model_backend.maira2.parsing import parse_tolerant
 from model_backend.maira2.processing import ConstantImageError, Maira2Processor
+from model_backend.prompt_limits import MIN_REPORT_TOKENS, SECTIONS, check_context, check_text
 from model_backend.types import BackendInfo, PromptContext, Report, Study, XrayImage
+from model_backend.weights_digest import weights_digest
 
 PHRASE_CONTEXT = PromptContext(name="phrase", use_lateral=False, use_prior=False, grounded=True)
 
@@ -140,7 +143,7 @@ class LocalBackend:
         self.settings = settings or GenerationSettings()
         self.info = BackendInfo(
             name=name, model_id=model_path, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-            is_demo=is_demo,
+            is_demo=is_demo, weights_hash=_weights_hash(model_path),
         )  # fmt: skip
         self.eos_id = self.processor.tokenizer.eos_token_id
         self.pad_id = self.processor.tokenizer.pad_token_id
@@ -188,6 +191,7 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ prompts
     def _reporting_prompt(self, study: Study, context: PromptContext) -> _Prompt:
+        check_context(context)
         lateral = study.lateral if context.use_lateral else None
         prior = study.prior_frontal if context.use_prior else None
         messages = self.processor._construct_chat_messages_reporting(
@@ -203,6 +207,7 @@ class LocalBackend:
         return self._tokenise(context, "reporting", self.processor._render(messages, None), images)
 
     def _phrase_prompt(self, study: Study, phrase: str) -> _Prompt:
+        check_text("phrase", phrase, PHRASE_CONTEXT.name)
         messages = self.processor._construct_chat_messages_phrase_grounding(phrase)
         text = self.processor._render(messages, None)
         context = replace(PHRASE_CONTEXT, indication=phrase)
@@ -210,8 +215,39 @@ class LocalBackend:
 
     def _tokenise(self, context: PromptContext, task: str, text: str, images: list[XrayImage]) -> _Prompt:
         ids = self.processor.tokenizer(self.processor.expand_image_tokens(text))["input_ids"]
+        if len(ids) + MIN_REPORT_TOKENS > self.max_positions:
+            raise self._too_long(context, task, len(ids), len(images))
         image_positions = [i for i, t in enumerate(ids) if t == self.processor.image_token_id]
         return _Prompt(context, task, ids, images, image_positions[-1] + 1)
+
+    @property
+    def max_positions(self) -> int:
+        """Positions the language model was built for (its `max_position_embeddings`)."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def _too_long(self, context: PromptContext, task: str, n_tokens: int, n_images: int) -> PromptError:
+        """The error for a prompt of `n_tokens` that leaves no room for the report, naming its longest section."""
+        fields = {"phrase": context.indication} if task == "phrase_grounding" else {
+            name: getattr(context, name) for name in SECTIONS
+        }  # fmt: skip
+        counts = {
+            name: len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+            for name, text in fields.items()
+            if text
+        }
+        longest = max(counts, key=counts.__getitem__, default=None)
+        detail = (
+            f"; the longest section, {longest.replace('_', ' ')}, is {len(fields[longest]):,} characters "
+            f"({counts[longest]:,} tokens): shorten it"
+            if longest
+            else ""
+        )
+        return PromptError(
+            f"the prompt is {n_tokens:,} tokens ({n_images} image(s) included), but the model has "
+            f"{self.max_positions:,} positions and the report needs at least {MIN_REPORT_TOKENS}{detail}",
+            field=longest,
+            context_name=context.name,
+        )
 
     # ------------------------------------------------------------------ model steps
     def _image_features(self, images: list[XrayImage]) -> torch.Tensor:
@@ -247,7 +283,8 @@ class LocalBackend:
         """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
         with self._lock:
             prefix = self._prefix(prompts[0])
-        rows = [_Row(p, self.settings.budget(p.context, p.task)) for p in prompts]
+        rows = [_Row(p, min(self.settings.budget(p.context, p.task), self.max_positions - len(p.token_ids)))
+                for p in prompts]  # fmt: skip
         tails = [p.token_ids[p.split :] for p in prompts]
         width = max(len(t) for t in tails)
         pads = [width - len(t) for t in tails]
@@ -341,6 +378,17 @@ class LocalBackend:
             timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.generated)))),
             task=row.prompt.task,
         )
+
+
+def _weights_hash(model_path: str) -> str:
+    """`weights_digest` of a local folder or of the hub cache's copy of a hub id ("" if neither is found)."""
+    local = Path(model_path).expanduser()
+    if not local.is_dir():
+        try:
+            local = Path(snapshot_download(model_path, local_files_only=True))
+        except Exception:  # not in the cache in a form we can find: the header shows no hash
+            return ""
+    return weights_digest(local)
 
 
 def _check_local_snapshot(model_path: str) -> None:
