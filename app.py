@@ -27,6 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth-file", default=None, help="file with one USER:PASS per line")
     parser.add_argument("--api-key", default=os.environ.get("CXR_REVIEW_API_KEY"), help="key for POST /score")
     parser.add_argument("--results", default=None, help="batch results JSONL for the dashboard (default: replay file)")
+    parser.add_argument(
+        "--pregenerate", type=int, default=2, metavar="N",
+        help="generate the next N studies of the list in the background while you review (0: off)",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu / cuda (default: automatic)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
     return parser.parse_args(argv)
@@ -73,27 +77,30 @@ def main(argv: list[str] | None = None) -> None:
     from model_backend.backends import BackendError, load_backend
     from model_backend.datasets import DatasetError, bundled_samples_path, load_manifest
     from model_backend.scoring import RouteAccess, make_router
-    from webapp.reviews import DEFAULT_DB_NAME, ReviewStore
-    from webapp.ui import AppContext, build_app, launch_settings
+    from webapp.database import Database, ReviewStoreError
+    from webapp.reviews import DEFAULT_DB_NAME
+    from webapp.services import AppServices
+    from webapp.ui import build_app, launch_settings
 
     try:
         backend = load_backend(args.model, **{k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v})
         dataset = load_manifest(args.data or bundled_samples_path())
-    except (BackendError, DatasetError, OSError) as err:
+        db_path = Path(args.db) if args.db else dataset.root / DEFAULT_DB_NAME
+        db = Database(db_path)
+    except (BackendError, DatasetError, ReviewStoreError, OSError) as err:
         sys.exit(f"error: {err}")
-    db_path = Path(args.db) if args.db else dataset.root / DEFAULT_DB_NAME
-    reviews = ReviewStore(db_path)
     credentials = read_auth(args.auth, args.auth_file)
     results = args.results or (args.model.removeprefix("replay:") if args.model.startswith("replay:") else None)
-    context = AppContext(
-        backend=backend,
-        dataset=dataset,
-        reviews=reviews,
-        auth_enabled=bool(credentials),
+    services = AppServices(
+        backend, dataset, db, pregenerate=args.pregenerate, auth_enabled=bool(credentials),
         results_path=Path(results) if results else None,
-        manifest_path=dataset.manifest_path,
-    )
-    demo = build_app(context)
+    )  # fmt: skip
+    if services.results_path is not None:
+        try:
+            services.reports.import_results(services.results_path, dataset.name)
+        except (OSError, ValueError) as err:
+            log.warning("could not import the results file %s into the report store: %s", services.results_path, err)
+    demo = build_app(services)
     log.info("backend %s (%s, weights %s) on %s; dataset %s; reviews in %s", backend.info.name,
              backend.info.model_id, backend.info.weights_hash or "unknown", backend.info.device, dataset.name,
              db_path)  # fmt: skip

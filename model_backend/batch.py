@@ -66,8 +66,9 @@ class ContextSpec:
     from_study: bool = True
 
     def resolve(self, entry: StudyEntry) -> PromptContext:
+        """This context for one study; lateral / prior switched off where the study has no such view."""
         base = entry.context() if self.from_study else PromptContext()
-        return replace(base, name=self.name, **dict(self.overrides))
+        return entry.effective_context(replace(base, name=self.name, **dict(self.overrides)))
 
 
 def _parse_spec(name: Any, raw: Any, where: str) -> ContextSpec:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model_backend.images import load_image_path
-from model_backend.types import Box, PromptContext, ReferenceBox, Study, XrayImage
+from model_backend.types import Box, PromptContext, ReferenceBox, Study, XrayImage, available_views
 
 MANIFEST_NAMES = ("studies.jsonl", "studies.csv")
 SECTIONS = ("indication", "technique", "comparison", "prior_report")
@@ -80,6 +80,10 @@ class StudyEntry:
             prior_report=self.prior_report,
         )
 
+    def effective_context(self, context: PromptContext) -> PromptContext:
+        """`context` with the lateral / prior switches off where this row names no such image."""
+        return available_views(context, self.lateral is not None, self.prior_frontal is not None)
+
     def search_text(self) -> str:
         parts = [self.study_id, *(getattr(self, s) or "" for s in SECTIONS), *self.reference_findings]
         parts += [b.label for b in self.reference_boxes] + [self.attribution]
@@ -111,6 +115,9 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __contains__(self, study_id: object) -> bool:
+        return study_id in self._by_id
 
     def entry(self, study_id: str) -> StudyEntry:
         try:

@@ -111,8 +111,13 @@ def test_contexts_file_forms(tmp_path: Path, dataset_dir: Path) -> None:
     specs = load_contexts(dataset_dir / "contexts.yaml")
     entry = load_manifest(dataset_dir).entries[1]
     default, no_indication, frontal_only = (s.resolve(entry) for s in specs)
-    assert default == PromptContext(name="default", indication="Reason 1.", technique="PA and lateral.")
-    assert no_indication == PromptContext(name="no_indication", indication=None, technique="PA and lateral.")
+    assert entry.prior_frontal is None  # so every context of this study has the prior switched off
+    assert default == PromptContext(
+        name="default", indication="Reason 1.", technique="PA and lateral.", use_prior=False
+    )
+    assert no_indication == PromptContext(
+        name="no_indication", indication=None, technique="PA and lateral.", use_prior=False
+    )
     assert frontal_only == PromptContext(name="frontal_only", technique="PA view.", use_lateral=False, use_prior=False)
     as_list = tmp_path / "c.json"
     as_list.write_text(json.dumps([{"name": "A"}, {"name": "B", "grounded": False}]), encoding="utf-8")

@@ -20,14 +20,9 @@ from model_backend.boxes import model_to_image_box
 from model_backend.types import BackendInfo, Box, Finding, PromptContext, Report
 from tests.review_writer import study_of
 from tests.review_writer import verdict as writer_verdict
-from webapp.reviews import (
-    SCHEMA_VERSION,
-    FindingVerdict,
-    Omission,
-    ReportVerdict,
-    ReviewStore,
-    ReviewStoreError,
-)
+from webapp.database import ReviewStoreError
+from webapp.reviews import FindingVerdict, Omission, ReportVerdict, ReviewStore
+from webapp.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = ROOT / "tests" / "review_writer.py"
@@ -518,7 +513,7 @@ def test_migrates_a_version_1_database(tmp_path: Path) -> None:
     conn.close()
 
     with ReviewStore(db) as store:
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert store._conn.execute("SELECT * FROM events ORDER BY id").fetchall() == before
         alice = store.finding_verdicts("ds", "s1", "r1", "alice")
         assert alice == {0: FindingVerdict(**v1_payload)} and alice[0].significance is None
