@@ -98,6 +98,25 @@ class _Prefix:
 
 
 @dataclass
+class _TailBatch:
+    """Rows decoding on one shared prefix: their tails' KV cache and mask, and each row's next position."""
+
+    prefix: _Prefix
+    mask: torch.Tensor  # (rows, tail tokens so far); 0 = padding
+    next_positions: list[int]
+    cache: DynamicCache = field(default_factory=DynamicCache)  # the tails only; the prefix is shared
+
+    def keep(self, slots: list[int]) -> None:
+        """Drop every row but `slots` (indices into the current rows, in order)."""
+        if len(slots) == len(self.next_positions):
+            return
+        index = torch.tensor(slots, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.next_positions = [self.next_positions[s] for s in slots]
+
+
+@dataclass
 class _Row:
     """Decoding state of one context in a batch."""
 
@@ -243,31 +262,43 @@ class LocalBackend:
         self._prefixes.put(prompt.prefix_key, prefix)
         return prefix
 
-    def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
-        """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
+    def _step(self, batch: _TailBatch, chunks: list[list[int]]) -> torch.Tensor:
+        """Feed each row its next tokens (left-padded to one width) after its cached tail; the last logits."""
+        width = max(len(chunk) for chunk in chunks)
+        pads = [width - len(chunk) for chunk in chunks]
+        starts = batch.next_positions
+        ids = [[self.pad_id] * pad + chunk for pad, chunk in zip(pads, chunks, strict=True)]
+        step_mask = [[0] * pad + [1] * len(chunk) for pad, chunk in zip(pads, chunks, strict=True)]
+        positions = [
+            [start] * pad + list(range(start, start + len(chunk)))
+            for pad, chunk, start in zip(pads, chunks, starts, strict=True)
+        ]
+        batch.mask = torch.cat([batch.mask, torch.tensor(step_mask, device=self.device)], dim=1)
+        batch.next_positions = [start + len(chunk) for start, chunk in zip(starts, chunks, strict=True)]
+        state = SharedPrefixState(batch.prefix.layers, batch.mask)
+        with self._lock, torch.inference_mode(), shared_prefix(state):
+            out = self.model.language_model(
+                input_ids=torch.tensor(ids, device=self.device), attention_mask=batch.mask,
+                position_ids=torch.tensor(positions, device=self.device), past_key_values=batch.cache,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+        return out.logits[:, -1]
+
+    def _tail_batch(self, prompts: list[_Prompt]) -> _TailBatch:
+        """Empty tails for `prompts` (which share one prefix) on that prefix, computed or cached."""
         with self._lock:
             prefix = self._prefix(prompts[0])
+        mask = torch.zeros((len(prompts), 0), dtype=torch.long, device=self.device)
+        return _TailBatch(prefix, mask, [prefix.length] * len(prompts))
+
+    def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
+        """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
+        batch = self._tail_batch(prompts)
         rows = [_Row(p, self.settings.budget(p.context, p.task)) for p in prompts]
-        tails = [p.token_ids[p.split :] for p in prompts]
-        width = max(len(t) for t in tails)
-        pads = [width - len(t) for t in tails]
-        ids = torch.tensor([[self.pad_id] * pad + t for pad, t in zip(pads, tails, strict=True)], device=self.device)
-        mask = torch.tensor([[0] * pad + [1] * len(t) for pad, t in zip(pads, tails, strict=True)], device=self.device)
-        start = prefix.length
-        positions = torch.tensor(
-            [[start] * pad + list(range(start, start + len(t))) for pad, t in zip(pads, tails, strict=True)],
-            device=self.device,
-        )
+        chunks = [p.token_ids[p.split :] for p in prompts]
         active = list(range(len(rows)))
-        cache = DynamicCache()  # the tails only; the prefix is shared, not copied per row
         while active:
-            state = SharedPrefixState(prefix.layers, mask)
-            with self._lock, torch.inference_mode(), shared_prefix(state):
-                out = self.model.language_model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1,
-                )  # fmt: skip
-            next_tokens = out.logits[:, -1].argmax(-1).tolist()
+            next_tokens = self._step(batch, chunks).argmax(-1).tolist()
             keep = []
             for slot, (row_index, token) in enumerate(zip(active, next_tokens, strict=True)):
                 row = rows[row_index]
@@ -282,15 +313,9 @@ class LocalBackend:
             yield rows
             if not keep:
                 break
-            keep_index = torch.tensor(keep, device=self.device)
-            if len(keep) != len(active):
-                cache.batch_select_indices(keep_index)
-                mask = mask[keep_index]
-                positions = positions[keep_index]
+            batch.keep(keep)
             active = [active[s] for s in keep]
-            ids = torch.tensor([[rows[r].generated[-1]] for r in active], device=self.device)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
-            positions = positions[:, -1:] + 1
+            chunks = [[rows[r].generated[-1]] for r in active]
 
     # ------------------------------------------------------------------ orchestration
     def _groups(self, prompts: list[_Prompt]) -> list[list[int]]:
