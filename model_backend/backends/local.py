@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,14 @@ import torch
 from PIL import Image
 from transformers.cache_utils import DynamicCache
 
-from model_backend.backends.base import BackendError
+from model_backend.backends.base import BOX_COMPLETION, BackendError, UnsupportedTaskError
+from model_backend.backends.box_completion import BoxCompletion, GroundingTokens
 from model_backend.backends.shared_prefix import ATTENTION_NAME, SharedPrefixState, shared_prefix
+from model_backend.boxes import bins_to_box
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
 from model_backend.maira2.parsing import parse_tolerant
 from model_backend.maira2.processing import ConstantImageError, Maira2Processor
-from model_backend.types import BackendInfo, PromptContext, Report, Study, XrayImage
+from model_backend.types import BackendInfo, Finding, PromptContext, Report, Study, XrayImage
 
 PHRASE_CONTEXT = PromptContext(name="phrase", use_lateral=False, use_prior=False, grounded=True)
 
@@ -44,6 +47,7 @@ class GenerationSettings:
     max_new_tokens_findings: int = 300
     max_new_tokens_grounded: int = 450
     max_new_tokens_phrase: int = 150
+    max_boxes_per_finding: int = 10  # box completion: a finding is closed after this many boxes
 
     def budget(self, context: PromptContext, task: str) -> int:
         if task == "phrase_grounding":
@@ -188,6 +192,32 @@ class LocalBackend:
         prompt = self._phrase_prompt(study, phrase)
         return self._run(study, [prompt])[0]
 
+    def complete_boxes(self, study: Study, findings: Sequence[str], contexts: Sequence[PromptContext]) -> list[Report]:
+        """Box completion under each (grounded) context: `findings` are forced in order on the grounded
+        reporting prompt and the model only chooses their boxes (`box_completion.py`). Contexts that
+        share the study's images share the prefix and are decoded together."""
+        if isinstance(findings, str):
+            raise BackendError("box completion takes a list of sentences, not one string")
+        sentences = [s.strip() for s in findings]
+        if not sentences:
+            raise BackendError("no findings to complete boxes for (the study has no reference findings)")
+        ungrounded = [c.name for c in contexts if not c.grounded]
+        if ungrounded:
+            names = ", ".join(ungrounded)
+            raise UnsupportedTaskError(f"box completion uses the grounded prompt; context(s) {names} have grounded off")
+        vocab = self._grounding_tokens
+        forced = [vocab.sentence_ids(self.processor.tokenizer, s) for s in sentences]
+        prompts = [replace(self._reporting_prompt(study, c), task=BOX_COMPLETION) for c in contexts]
+        reports: list[Report | None] = [None] * len(prompts)
+        for group in self._groups(prompts):
+            start = time.perf_counter()
+            rows = [BoxCompletion(vocab, forced, self.settings.max_boxes_per_finding) for _ in group]
+            self._complete([prompts[i] for i in group], rows)
+            elapsed = time.perf_counter() - start
+            for index, row in zip(group, rows, strict=True):
+                reports[index] = self._box_report(study, prompts[index], sentences, row, elapsed)
+        return [r for r in reports if r is not None]
+
     def prefetch(self, study: Study) -> None:
         """Warm the caches for `study` before anyone asks: vision features of all its images and
         the prompt prefix with all of them (what the default context uses). The prefix ends at the
@@ -195,6 +225,10 @@ class LocalBackend:
         prompt = self._reporting_prompt(study, PromptContext(name="prefetch"))
         with self._lock:
             self._prefix(prompt)
+
+    @cached_property
+    def _grounding_tokens(self) -> GroundingTokens:
+        return GroundingTokens.from_tokenizer(self.processor.tokenizer, self.processor.num_box_coord_bins)
 
     def cache_stats(self) -> dict[str, int]:
         with self._lock:
@@ -317,6 +351,26 @@ class LocalBackend:
             active = [active[s] for s in keep]
             chunks = [[rows[r].generated[-1]] for r in active]
 
+    def _complete(self, prompts: list[_Prompt], rows: list[BoxCompletion]) -> None:
+        """Constrained greedy decoding of prompts sharing one prefix: each step feeds every unfinished row
+        the tokens it has not fed yet (forced ones included) and lets it choose among its allowed tokens."""
+        batch = self._tail_batch(prompts)
+        chunks = [p.token_ids[p.split :] + row.tokens for p, row in zip(prompts, rows, strict=True)]
+        fed = [len(row.tokens) for row in rows]
+        active = list(range(len(rows)))
+        while active:
+            logits = self._step(batch, chunks)
+            for slot, row_index in enumerate(active):
+                allowed = rows[row_index].allowed()
+                rows[row_index].choose(allowed[int(logits[slot, list(allowed)].argmax())])
+            keep = [slot for slot, row_index in enumerate(active) if not rows[row_index].finished]
+            if not keep:
+                break
+            batch.keep(keep)
+            active = [active[s] for s in keep]
+            chunks = [rows[r].tokens[fed[r] :] for r in active]
+            fed = [len(row.tokens) for row in rows]
+
     # ------------------------------------------------------------------ orchestration
     def _groups(self, prompts: list[_Prompt]) -> list[list[int]]:
         groups: dict[tuple, list[int]] = {}
@@ -349,6 +403,33 @@ class LocalBackend:
                 yield partial
         yield self._report(study, rows[0], time.perf_counter() - start)
 
+    def _box_report(
+        self, study: Study, prompt: _Prompt, sentences: list[str], row: BoxCompletion, elapsed: float
+    ) -> Report:
+        text = self.processor.decode(row.tokens, skip_special_tokens=True)
+        warnings = [f"finding {i + 1}: closed at {row.max_boxes} boxes (the limit)" for i in row.capped]
+        decoded = [f.text for f in parse_tolerant(text).findings]
+        warnings += [
+            f"finding {i + 1} does not survive tokenisation verbatim: the model read {seen!r}"
+            for i, (sentence, seen) in enumerate(zip(sentences, decoded, strict=True))
+            if seen != sentence
+        ]
+        return Report(
+            study_id=study.study_id,
+            context=prompt.context,
+            findings=_box_findings(sentences, row),
+            image_width=study.frontal.width,
+            image_height=study.frontal.height,
+            raw_text=text,
+            complete=not row.capped,
+            backend=self.info,
+            images_key=study.images_key(),
+            warnings=tuple(warnings),
+            timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.tokens))),
+                     ("model_choices", float(row.choices))),
+            task=prompt.task,
+        )  # fmt: skip
+
     def _report(self, study: Study, row: _Row, elapsed: float, partial: bool = False) -> Report:
         text = self.processor.decode(row.generated, skip_special_tokens=True)
         parsed = parse_tolerant(text, truncated=row.truncated)
@@ -366,6 +447,13 @@ class LocalBackend:
             timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.generated)))),
             task=row.prompt.task,
         )
+
+
+def _box_findings(sentences: list[str], row: BoxCompletion) -> tuple[Finding, ...]:
+    return tuple(
+        Finding(sentence, tuple(bins_to_box(b) for b in boxes) or None)
+        for sentence, boxes in zip(sentences, row.boxes, strict=True)
+    )
 
 
 def _check_local_snapshot(model_path: str) -> None:
