@@ -224,8 +224,18 @@ def test_box_limit_is_applied_and_reported(tiny_snapshot: Path, tiny_study) -> N
     boxed = [i for i, f in enumerate(report.findings) if f.grounded]
     assert boxed and report.raw_text == unlimited.raw_text and unlimited.complete
     assert not report.complete
-    assert report.warnings == tuple(f"finding {i + 1}: closed at 1 boxes (the limit)" for i in boxed)
+    assert report.warnings == tuple(f"finding {i + 1}: closed after 1 box(es), the limit per finding" for i in boxed)
     assert report.timing("model_choices") == unlimited.timing("model_choices") - len(boxed)
+
+
+def test_a_sentence_the_tokenizer_cannot_spell_is_kept_and_flagged(tiny_backend: LocalBackend, tiny_study) -> None:
+    """The tiny tokenizer knows ASCII only: the model reads the dash as <unk>, and the report says so."""
+    sentences = ["Small effusion \u2013 unchanged.", SENTENCES[1]]
+    (report,) = tiny_backend.complete_boxes(tiny_study, sentences, [CONTEXTS[0]])
+    assert [f.text for f in report.findings] == sentences and report.complete
+    assert report.warnings == (
+        "finding 1 does not survive tokenisation verbatim: the model read 'Small effusion  unchanged.'",
+    )
 
 
 def test_report_identity_differs_from_the_generated_report(tiny_backend: LocalBackend, tiny_study) -> None:

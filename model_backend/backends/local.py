@@ -407,7 +407,7 @@ class LocalBackend:
         self, study: Study, prompt: _Prompt, sentences: list[str], row: BoxCompletion, elapsed: float
     ) -> Report:
         text = self.processor.decode(row.tokens, skip_special_tokens=True)
-        warnings = [f"finding {i + 1}: closed at {row.max_boxes} boxes (the limit)" for i in row.capped]
+        warnings = [f"finding {i + 1}: closed after {row.max_boxes} box(es), the limit per finding" for i in row.capped]
         decoded = [f.text for f in parse_tolerant(text).findings]
         warnings += [
             f"finding {i + 1} does not survive tokenisation verbatim: the model read {seen!r}"
