@@ -196,15 +196,15 @@ class LocalBackend:
         """Box completion under each (grounded) context: `findings` are forced in order on the grounded
         reporting prompt and the model only chooses their boxes (`box_completion.py`). Contexts that
         share the study's images share the prefix and are decoded together."""
+        ungrounded = [c.name for c in contexts if not c.grounded]
+        if ungrounded:
+            names = ", ".join(ungrounded)
+            raise UnsupportedTaskError(f"box completion uses the grounded prompt; context(s) {names} have grounded off")
         if isinstance(findings, str):
             raise BackendError("box completion takes a list of sentences, not one string")
         sentences = [s.strip() for s in findings]
         if not sentences:
             raise BackendError("no findings to complete boxes for (the study has no reference findings)")
-        ungrounded = [c.name for c in contexts if not c.grounded]
-        if ungrounded:
-            names = ", ".join(ungrounded)
-            raise UnsupportedTaskError(f"box completion uses the grounded prompt; context(s) {names} have grounded off")
         vocab = self._grounding_tokens
         forced = [vocab.sentence_ids(self.processor.tokenizer, s) for s in sentences]
         prompts = [replace(self._reporting_prompt(study, c), task=BOX_COMPLETION) for c in contexts]
