@@ -1,6 +1,7 @@
 """Generate reports for every study of a manifest under named prompt contexts; resumable.
 
     python -m model_backend.batch --data MANIFEST --contexts CONTEXTS.yaml --model SPEC --out results.jsonl
+    python -m model_backend.batch --task box-completion --data MANIFEST --model SPEC --out boxes.jsonl
 
 Contexts file (JSON or YAML): a list of objects with a `name`, or a mapping name -> object. The
 other keys are `PromptContext` fields (indication, technique, comparison, prior_report,
@@ -10,17 +11,23 @@ study runs once under its own sections, as context "default".
 
 Output: one JSON line per (study, context), in manifest order x contexts order::
 
-    {"study_id", "context": {name + fields}, "context_key", "output" (protocol findings, list form,
-     model-frame boxes), "raw_text", "complete", "warnings", "image_width", "image_height",
+    {"study_id", "context": {name + fields}, "context_key", "task", "output" (protocol findings, list
+     form, model-frame boxes), "raw_text", "complete", "warnings", "image_width", "image_height",
      "model_id", "backend", "error": null | "message", "timings": {...}}
+
+`--task` is `reporting` (the default: the model writes the report; "task": "reporting") or
+`box-completion` ("task": "box_completion"): the study's reference findings are given to the model
+sentence by sentence and it writes only their boxes (`Backend.complete_boxes`); "output" then holds
+exactly the manifest's `reference_findings`, in their order, each with the model's boxes. A study
+without reference findings gets an error line. A backend that cannot do the task stops the run.
 
 A study that fails (unreadable image, model error) gets lines with "error" set and output null,
 and the run goes on; the exit status is then 1. Each line is flushed and fsync'ed as written, so
 a crash loses at most the line in flight. A second run with the same --out resumes: it drops a
 torn last line, skips (study, context) pairs already written (error lines included; delete them
-to retry) and refuses a file written by another model or other context settings. All contexts
-of a study go to the backend in one call (they share the image prefix); a study cut in half by
-a crash is generated again in full and only its missing lines are written.
+to retry) and refuses a file written by another model, for another task or with other context
+settings. All contexts of a study go to the backend in one call (they share the image prefix); a
+study cut in half by a crash is generated again in full and only its missing lines are written.
 
 Determinism: every field except "timings" depends only on the model, the manifest and the
 contexts file, so a killed and resumed run equals an uninterrupted one once "timings" (always
@@ -43,11 +50,12 @@ import yaml
 from tqdm import tqdm
 
 from model_backend.backends import load_backend
-from model_backend.backends.base import Backend, BackendError
+from model_backend.backends.base import BOX_COMPLETION, REPORTING, Backend, BackendError, UnsupportedTaskError
 from model_backend.datasets import Dataset, DatasetError, StudyEntry, load_manifest
 from model_backend.protocol import report_to_output
-from model_backend.types import PromptContext, Report
+from model_backend.types import PromptContext, Report, Study
 
+TASKS = {"reporting": REPORTING, "box-completion": BOX_COMPLETION}  # --task -> the lines' "task"
 _TEXT_FIELDS = ("indication", "technique", "comparison", "prior_report")
 _BOOL_FIELDS = ("use_lateral", "use_prior", "grounded")
 assert {f.name for f in fields(PromptContext)} == {"name", *_TEXT_FIELDS, *_BOOL_FIELDS}
@@ -128,6 +136,7 @@ class DoneLine:
     line: int
     context_key: str | None
     model_id: str | None
+    task: str
 
 
 def read_done(path: Path) -> dict[tuple[str, str], DoneLine]:
@@ -145,7 +154,7 @@ def read_done(path: Path) -> dict[tuple[str, str], DoneLine]:
             raise BatchError(
                 f"{path}:{number} is not a results line ({exc}); use a new --out file or repair this one"
             ) from exc
-        done[key] = DoneLine(number, record.get("context_key"), record.get("model_id"))
+        done[key] = DoneLine(number, record.get("context_key"), record.get("model_id"), record.get("task") or REPORTING)
     if end < len(data):
         with path.open("r+b") as handle:
             handle.truncate(end)
@@ -154,13 +163,20 @@ def read_done(path: Path) -> dict[tuple[str, str], DoneLine]:
 
 
 def result_line(
-    study_id: str, context: PromptContext, backend: Backend, report: Report | None, error: str | None, timings: dict
+    study_id: str,
+    context: PromptContext,
+    task: str,
+    backend: Backend,
+    report: Report | None,
+    error: str | None,
+    timings: dict,
 ) -> dict[str, Any]:
     """One results line (key order fixed; "timings" last)."""
     return {
         "study_id": study_id,
         "context": asdict(context),
         "context_key": context.key(),
+        "task": task,
         "output": None if report is None else report_to_output(report),
         "raw_text": None if report is None else report.raw_text,
         "complete": report is not None and report.complete,
@@ -212,8 +228,10 @@ class BatchSummary:
         )
 
 
-def _check_resume(done: DoneLine, study_id: str, context: PromptContext, model_id: str, path: Path) -> None:
+def _check_resume(done: DoneLine, study_id: str, context: PromptContext, model_id: str, task: str, path: Path) -> None:
     where = f"{path}:{done.line}"
+    if done.task != task:
+        raise BatchError(f"{where} was written for task {done.task!r}, this run is {task!r}; use a new --out file")
     if done.model_id is not None and done.model_id != model_id:
         raise BatchError(
             f"{where} was written by model {done.model_id!r}, this run uses {model_id!r}; "
@@ -234,6 +252,7 @@ def run_batch(
     *,
     limit: int | None = None,
     progress: bool = True,
+    task: str = REPORTING,
 ) -> BatchSummary:
     """Generate and append the missing lines of `out`; see the module docstring for the format."""
     entries = dataset.entries[:limit] if limit is not None else dataset.entries
@@ -243,7 +262,9 @@ def run_batch(
         contexts = [spec.resolve(entry) for spec in specs]
         for context in contexts:
             if (entry.study_id, context.name) in done:
-                _check_resume(done[(entry.study_id, context.name)], entry.study_id, context, backend.info.model_id, out)
+                _check_resume(
+                    done[(entry.study_id, context.name)], entry.study_id, context, backend.info.model_id, task, out
+                )
         pending = [c for c in contexts if (entry.study_id, c.name) not in done]
         plan.append((entry, contexts, pending))
     summary = BatchSummary(skipped=sum(1 for _, _, pending in plan if not pending))
@@ -254,7 +275,7 @@ def run_batch(
         for entry, contexts, pending in plan:
             if not pending:
                 continue
-            lines = _run_study(dataset, entry, contexts, pending, backend, summary)
+            lines = _run_study(dataset, entry, contexts, pending, backend, task, summary)
             began = time.perf_counter()
             for line in lines:
                 handle.write(json.dumps(line).encode() + b"\n")
@@ -275,6 +296,7 @@ def _run_study(
     contexts: list[PromptContext],
     pending: list[PromptContext],
     backend: Backend,
+    task: str,
     summary: BatchSummary,
 ) -> list[dict[str, Any]]:
     """All contexts of one study in one backend call; lines for the pending ones (error lines on failure)."""
@@ -286,20 +308,31 @@ def _run_study(
         summary.images_s += time.perf_counter() - began
         began = time.perf_counter()
         try:
-            reports = backend.generate(study, contexts)
+            reports = _run_task(backend, task, study, contexts)
         finally:
             summary.model_s += time.perf_counter() - began
         timings["generate_s"] = round(time.perf_counter() - began, 4)
+    except UnsupportedTaskError:
+        raise  # no study can succeed: stop the run
     except Exception as exc:  # one bad study must not stop the run; the line records what happened
         message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BackendError | ValueError) else str(exc)
         summary.errors += 1
         summary.error_messages.append(f"{entry.study_id}: {message}")
-        return [result_line(entry.study_id, c, backend, None, message, timings) for c in pending]
+        return [result_line(entry.study_id, c, task, backend, None, message, timings) for c in pending]
     by_name = {r.context.name: r for r in reports}
     return [
-        result_line(entry.study_id, c, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)})
+        result_line(
+            entry.study_id, c, task, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)}
+        )
         for c in pending
     ]
+
+
+def _run_task(backend: Backend, task: str, study: Study, contexts: list[PromptContext]) -> list[Report]:
+    """One backend call for all contexts of a study: reports, or box completions of its reference findings."""
+    if task == BOX_COMPLETION:
+        return backend.complete_boxes(study, study.reference_findings, contexts)
+    return backend.generate(study, contexts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="demo", help="demo, a snapshot folder, hub id, azureml:URL, ...")
     parser.add_argument("--out", type=Path, required=True, help="results JSONL (appended to when it exists)")
+    parser.add_argument(
+        "--task", choices=sorted(TASKS), default="reporting",
+        help="reporting (default), or box-completion: boxes for the manifest's reference findings",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="only the first N studies of the manifest")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap generated tokens (local models only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -334,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = load_backend(args.model, **backend_options)
         ready = f"model {backend.info.model_id} ({backend.info.name}) ready in {time.perf_counter() - began:.1f} s"
         print(ready, file=sys.stderr)
-        summary = run_batch(dataset, specs, backend, args.out, limit=args.limit, progress=not args.no_progress)
+        summary = run_batch(
+            dataset, specs, backend, args.out, limit=args.limit, progress=not args.no_progress, task=TASKS[args.task]
+        )
     except (BatchError, DatasetError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -155,10 +155,10 @@ def test_lines_follow_the_format_and_replay(reference: Path, dataset_dir: Path, 
     ]
     first = records[0]
     assert list(first) == [
-        "study_id", "context", "context_key", "output", "raw_text", "complete", "warnings",
+        "study_id", "context", "context_key", "task", "output", "raw_text", "complete", "warnings",
         "image_width", "image_height", "model_id", "backend", "error", "timings",
     ]  # fmt: skip
-    assert first["context_key"] == PromptContext(**first["context"]).key()
+    assert first["context_key"] == PromptContext(**first["context"]).key() and first["task"] == "reporting"
     assert (first["image_width"], first["image_height"]) == (80, 96)
     assert first["backend"] == "local" and first["model_id"] == backend.info.model_id and first["error"] is None
     assert {"load_s", "generate_s"} <= set(first["timings"])

@@ -127,6 +127,7 @@ class ReportStore:
                 backend=BackendInfo(name=result.backend or "batch", model_id=result.model_id or path.name),
                 warnings=result.warnings,
                 timings=result.timings,
+                task=result.task,
             )
             before = self.get(report.report_id)
             if before is not None:

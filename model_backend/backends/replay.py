@@ -3,7 +3,9 @@
 A line needs `study_id`, `context` (a name, or an object with a "name" and optionally the other
 `PromptContext` fields) and `output` (protocol findings, list or JSON string). The batch runner's
 lines (`model_backend.batch`) also carry `context_key`, `raw_text`, `complete`, `warnings`,
-`image_width`/`image_height`, `model_id` and `error`; all of those are optional here.
+`image_width`/`image_height`, `model_id`, `error` and `task`; all of those are optional here.
+`task` is "reporting" when absent; lines of task "box_completion" (`--task box-completion`) are
+served by `complete_boxes` only, and reporting lines by `generate` / `stream` only.
 
 A requested context is looked up by its prompt settings (`PromptContext.key()`) first, then by
 its name. A torn last line (a run still writing) is ignored; any other unreadable line is an error.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model_backend.backends.base import BackendError
+from model_backend.backends.base import BOX_COMPLETION, REPORTING, BackendError, UnsupportedTaskError
 from model_backend.protocol import ProtocolError, decode_output
 from model_backend.types import BackendInfo, Finding, PromptContext, Report, Study
 
@@ -32,6 +34,7 @@ class RecordedResult:
 
     line: int
     study_id: str
+    task: str
     name: str
     context_key: str | None
     context: PromptContext | None
@@ -92,6 +95,7 @@ def _parse(record: Any, where: str, line: int) -> RecordedResult:
     return RecordedResult(
         line=line,
         study_id=str(record["study_id"]),
+        task=str(record.get("task") or REPORTING),
         name=name,
         context_key=context_key,
         context=context,
@@ -112,8 +116,8 @@ class ReplayBackend:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._by_key: dict[tuple[str, str], RecordedResult] = {}
-        self._by_name: dict[tuple[str, str], RecordedResult] = {}
+        self._by_key: dict[tuple[str, str, str], RecordedResult] = {}  # (task, study_id, context key)
+        self._by_name: dict[tuple[str, str, str], RecordedResult] = {}  # (task, study_id, context name)
         model_ids = self._read()
         self.info = BackendInfo(
             name="replay",
@@ -128,10 +132,10 @@ class ReplayBackend:
 
     def generate(self, study: Study, contexts: Sequence[PromptContext]) -> list[Report]:
         """The recorded report for each context; `BackendError` when one was never recorded."""
-        return [self._report(study, context) for context in contexts]
+        return [self._report(study, context, REPORTING) for context in contexts]
 
     def stream(self, study: Study, context: PromptContext) -> Iterator[Report]:
-        yield self._report(study, context)
+        yield self._report(study, context, REPORTING)
 
     def prefetch(self, study: Study) -> None:
         """Nothing to warm: reports are read from the file."""
@@ -139,27 +143,45 @@ class ReplayBackend:
     def ground_phrase(self, study: Study, phrase: str) -> Report:
         raise BackendError(f"phrase grounding was not recorded in {self.path.name}; replay can only show saved reports")
 
+    def complete_boxes(self, study: Study, findings: Sequence[str], contexts: Sequence[PromptContext]) -> list[Report]:
+        """The recorded box completions, when the file has them and they are for these sentences."""
+        if not any(task == BOX_COMPLETION for task, _, _ in self._by_name):
+            raise UnsupportedTaskError(
+                f"box completion is not supported by replay here: {self.path.name} holds no box-completion "
+                "lines (the batch runner writes them with --task box-completion)"
+            )
+        reports = [self._report(study, context, BOX_COMPLETION) for context in contexts]
+        sentences = [s.strip() for s in findings]
+        for report in reports:
+            if [f.text for f in report.findings] != sentences:
+                raise BackendError(
+                    f"the box completion recorded for study {study.study_id!r} under context {report.context.name!r} "
+                    "is for other sentences than the ones given"
+                )
+        return reports
+
     # ------------------------------------------------------------------ reading
     def _read(self) -> set[str]:
         results = read_results(self.path)
         for recorded in results:
-            self._by_name[(recorded.study_id, recorded.name)] = recorded
+            self._by_name[(recorded.task, recorded.study_id, recorded.name)] = recorded
             if recorded.context_key:
-                self._by_key[(recorded.study_id, recorded.context_key)] = recorded
+                self._by_key[(recorded.task, recorded.study_id, recorded.context_key)] = recorded
         if not self._by_name:
             raise BackendError(f"{self.path} holds no recorded results")
         return {r.model_id for r in results if r.model_id}
 
     # ------------------------------------------------------------------ lookup
-    def _report(self, study: Study, context: PromptContext) -> Report:
+    def _report(self, study: Study, context: PromptContext, task: str) -> Report:
         key = context.key()
-        recorded = self._by_key.get((study.study_id, key))
+        recorded = self._by_key.get((task, study.study_id, key))
         warnings: list[str] = []
         if recorded is None:
-            recorded = self._by_name.get((study.study_id, context.name))
+            recorded = self._by_name.get((task, study.study_id, context.name))
             if recorded is None:
+                what = "result" if task == REPORTING else task.replace("_", "-")
                 raise BackendError(
-                    f"no recorded result for study {study.study_id!r} under context {context.name!r} in {self.path}"
+                    f"no recorded {what} for study {study.study_id!r} under context {context.name!r} in {self.path}"
                 )
             if recorded.context_key is not None and recorded.context_key != key:
                 warnings.append(f"replayed by context name {context.name!r}; the recorded prompt settings differ")
@@ -188,6 +210,7 @@ class ReplayBackend:
             images_key=study.images_key(),
             warnings=recorded.warnings + tuple(warnings),
             timings=recorded.timings,
+            task=task,
         )
 
 
