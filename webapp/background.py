@@ -168,4 +168,5 @@ class BackgroundWork:
         if final is not None:
             self._store(final, plan.dataset)
             self.pregenerated += 1
+            log.info("pre-generated %s", study_id)
         return True

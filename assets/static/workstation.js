@@ -384,9 +384,13 @@
     return wrap;
   };
   const draft = {}; // index -> verdict being edited on screen
+  let beforeClick = null;
   const verdictOf = (f) => draft[f.index] || f.verdict || {};
   const canReview = () => mode === "review" && S.report && S.report.report_id && !S.report.streaming;
   const renderList = () => {
+    const typingIn = document.activeElement && document.activeElement.classList.contains("ws-comment")
+      ? { index: document.activeElement.closest(".ws-row").dataset.index, value: document.activeElement.value,
+          at: document.activeElement.selectionStart } : null;
     list.replaceChildren();
     legendTools.replaceChildren();
     const fs = findings();
@@ -410,13 +414,29 @@
       const text = el("div", { class: "ws-text" });
       text.append(el("span", { class: "ws-sentence" }, f.text || "(empty)"));
       text.append(el("span", { class: `ws-badge${f.grounded ? "" : " ungrounded"}` }, f.grounded ? `${f.boxes.length} box${f.boxes.length === 1 ? "" : "es"}` : "ungrounded"));
-      text.addEventListener("click", () => { S.active = f.index; toggle(f.index); });
-      text.addEventListener("dblclick", (event) => { event.preventDefault(); S.active = f.index; isolate(f.index); });
+      // A double click starts with a click: remember the state before it, so the double click
+      // isolates (or leaves isolate) from there instead of from the toggled state.
+      text.addEventListener("click", (event) => {
+        if (event.detail > 1) return;
+        beforeClick = { hidden: new Set(S.hidden), isolate: S.isolate };
+        S.active = f.index;
+        toggle(f.index);
+      });
+      text.addEventListener("dblclick", (event) => {
+        event.preventDefault();
+        if (beforeClick) { S.hidden = beforeClick.hidden; S.isolate = beforeClick.isolate; }
+        S.active = f.index;
+        isolate(f.index);
+      });
       row.append(swatch, text);
       if (canReview()) row.append(verdictControls(f));
       list.append(row);
     }
     paintVisibility();
+    if (typingIn) { // a re-render never takes a half-typed comment away
+      const field = list.querySelector(`.ws-row[data-index="${typingIn.index}"] .ws-comment`);
+      if (field) { field.value = typingIn.value; field.focus(); field.setSelectionRange(typingIn.at, typingIn.at); }
+    }
   };
   const verdictControls = (f) => {
     const v = verdictOf(f);
@@ -436,24 +456,28 @@
     return box;
   };
 
+  // A save shows at once and moves the cursor at once (a fast reviewer's next key goes to the next
+  // finding); the server's answer then confirms that finding only, so answers arriving out of order
+  // never undo one another.
   const save = async (f, changes, advance, nextStudy = false) => {
     if (!canReview()) return;
     const v = { text: null, significance: null, box: null, comment: "", ...verdictOf(f), ...changes };
     if (v.text === null || v.text === "correct") v.significance = null;
     draft[f.index] = v;
+    if (advance) S.active = Math.min(findings().length - 1, f.index + 1);
+    renderList();
     const reportId = S.report.report_id;
     const result = await server.save_verdict({
       report_id: reportId, finding_index: f.index, sentence: f.text, reviewer: props.reviewer || "",
       text_verdict: v.text, significance: v.significance, box_verdict: v.box, comment: v.comment || "",
     }).catch(() => ({ ok: false, message: "The verdict was not saved: the server did not answer." }));
     if (!S.report || S.report.report_id !== reportId) return; // another report is on screen now
+    if (draft[f.index] === v) delete draft[f.index];
     if (!result.ok) { say(result.message, "error"); renderList(); return; }
-    delete draft[f.index];
-    applyVerdicts(result.verdicts);
+    f.verdict = result.verdicts[String(f.index)] || null;
     say(result.message, "ok");
     trigger("verdict_saved", {});
     if (nextStudy) { clickNav("next-study"); return; }
-    if (advance) S.active = Math.min(findings().length - 1, f.index + 1);
     renderList();
   };
   const applyVerdicts = (verdicts) => {
@@ -609,10 +633,10 @@
     if (S.study) resolvePictures(S.study);
   };
   const setReport = (report) => {
-    const sameReport = S.report && report && S.report.report_id && S.report.report_id === report.report_id;
-    const sameStudy = S.report && report && S.report.study_id === report.study_id;
-    if (!sameStudy) { S.hidden.clear(); S.isolate = null; S.active = 0; }
-    if (!sameReport) for (const k of Object.keys(draft)) delete draft[k];
+    // Toggles and the selected row belong to one list of findings: kept while the same report (or the
+    // generation that is producing it) is on screen, reset for any other report. Zoom is never reset here.
+    const continuing = S.report && report && (S.report.streaming || (S.report.report_id && S.report.report_id === report.report_id));
+    if (!continuing) { S.hidden.clear(); S.isolate = null; S.active = 0; for (const k of Object.keys(draft)) delete draft[k]; }
     S.report = report || null;
     S.busy = !!(report && report.streaming);
     if (S.report && S.active >= findings().length) S.active = 0;
