@@ -11,8 +11,9 @@ study runs once under its own sections, as context "default".
 Output: one JSON line per (study, context), in manifest order x contexts order::
 
     {"study_id", "context": {name + fields}, "context_key", "output" (protocol findings, list form,
-     model-frame boxes), "raw_text", "complete", "warnings", "image_width", "image_height",
-     "model_id", "backend", "error": null | "message", "timings": {...}}
+     model-frame boxes), "raw_text", "complete", "warnings", "flags" (degenerate-output flag names,
+     `model_backend.degenerate`), "image_width", "image_height", "model_id", "backend",
+     "error": null | "message", "timings": {...}}
 
 A study that fails (unreadable image, model error) gets lines with "error" set and output null,
 and the run goes on; the exit status is then 1. Each line is flushed and fsync'ed as written, so
@@ -45,6 +46,7 @@ from tqdm import tqdm
 from model_backend.backends import load_backend
 from model_backend.backends.base import Backend, BackendError
 from model_backend.datasets import Dataset, DatasetError, StudyEntry, load_manifest
+from model_backend.degenerate import degenerate_flags
 from model_backend.protocol import report_to_output
 from model_backend.types import PromptContext, Report
 
@@ -164,6 +166,7 @@ def result_line(
         "raw_text": None if report is None else report.raw_text,
         "complete": report is not None and report.complete,
         "warnings": [] if report is None else list(report.warnings),
+        "flags": [] if report is None else [flag.name for flag in degenerate_flags(report)],
         "image_width": None if report is None else report.image_width,
         "image_height": None if report is None else report.image_height,
         "model_id": backend.info.model_id,
