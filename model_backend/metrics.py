@@ -49,10 +49,11 @@ from rouge_score import rouge_scorer
 from model_backend.boxes import clip_box, model_to_image_box, normalise_image_box
 from model_backend.degenerate import Flag, degenerate_flags
 from model_backend.evaluation.bleu import bleu_statistics
+from model_backend.evaluation.metric_specs import computed_metrics
 from model_backend.evaluation.model_metrics import add_model_arguments, add_model_metrics
 from model_backend.evaluation.radfact_boxes import Phrase, fractions, radfact_box_scores
 from model_backend.evaluation.report import format_summary, write_json, write_rows_csv, write_summary_csv
-from model_backend.evaluation.summary import computed_metrics, flat_estimates, summarise, summarise_context
+from model_backend.evaluation.summary import flat_estimates, summarise, summarise_context
 from model_backend.paired_stats import N_RESAMPLES, bootstrap_interval
 from model_backend.protocol import ProtocolError, decode_output
 from model_backend.types import BackendInfo, Box, Finding, PromptContext, ReferenceBox, Report
