@@ -168,7 +168,9 @@ def test_cli_f1_14_and_f1_5(chexbert_files: tuple[Path, Path], tmp_path: Path, c
     assert negative["chexbert_f1_14"]["value"] == pytest.approx(4 / 6) and negative["chexbert_f1_5"]["value"] == 0.8
 
 
-def test_missing_weights_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_missing_weights_are_named(
+    chexbert_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     manifest, results = tmp_path / "m.jsonl", tmp_path / "r.jsonl"
     manifest.write_text(json.dumps({"study_id": "s1", "reference_findings": ["Mild edema."]}) + "\n")
     line = {"study_id": "s1", "context": "A", "output": [["Mild edema.", None]], "image_width": 10, "image_height": 10}
@@ -180,3 +182,7 @@ def test_missing_weights_are_named(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "chexbert.pth").write_bytes(b"")
     assert main([*argv, "--chexbert", str(tmp_path), "--chexbert-bert", str(tmp_path / "no-bert")]) == 0
     assert "pass --chexbert-bert DIR" in capsys.readouterr().out
+    (tmp_path / "chexbert.pth").write_bytes(b"not a checkpoint")
+    assert main([*argv, "--chexbert", str(tmp_path), "--chexbert-bert", str(chexbert_files[1])]) == 0
+    out = capsys.readouterr().out
+    assert "CheXpert F1-14 / F1-5: cannot load the weights" in out and "ROUGE-L" in out

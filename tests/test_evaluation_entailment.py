@@ -152,8 +152,13 @@ def test_answers_are_cached_per_hypothesis_and_premise(server: ChatServer, tmp_p
     again = EntailmentJudge(url(server), "judge-1", api_key=KEY, cache_path=cache, retries=0)
     add_logical_scores(rows, again)
     assert again.n_cached == 3 and len(server.requests_seen) == first + 1  # only the failure is asked again
+    query = (["Left effusion.", "Mild edema."], "Left effusion.")
+    cache.write_text(cache.read_text() + '{"key": "torn')  # an interrupted run's last line is skipped
+    reread = EntailmentJudge(url(server), "judge-1", api_key=KEY, cache_path=cache)
+    assert reread.judge(*query) == Judgement(True, ("Left effusion.",)) and reread.n_cached == 1
+    assert len(server.requests_seen) == first + 1
     other_model = EntailmentJudge(url(server), "judge-2", api_key=KEY, cache_path=cache, retries=0)
-    other_model.judge(["Left effusion.", "Mild edema."], "Left effusion.")
+    other_model.judge(*query)
     assert len(server.requests_seen) == first + 2  # the key includes the model
 
 

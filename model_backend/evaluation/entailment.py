@@ -101,7 +101,10 @@ class EntailmentJudge:
         self._cache: dict[str, Judgement] = {}
         if cache_path is not None and cache_path.exists():
             for line in cache_path.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by an interrupted run: asked again
                 self._cache[record["key"]] = Judgement(record["entailed"], tuple(record["evidence"]))
 
     def _key(self, premise: Sequence[str], hypothesis: str) -> str:

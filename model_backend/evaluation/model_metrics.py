@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -31,6 +32,7 @@ CHEXBERT_FAMILY = "CheXpert F1-14 / F1-5"
 RADGRAPH_FAMILY = "RadGraph-F1"
 ENTAILMENT_FAMILY = "RadFact logical precision/recall"
 _BATCH = 16
+T = TypeVar("T")
 
 
 @dataclass
@@ -137,44 +139,57 @@ def add_model_metrics(rows: list[dict[str, Any]], args: argparse.Namespace) -> M
     return run
 
 
-def _run_chexbert(rows: list[dict[str, Any]], args: argparse.Namespace, run: ModelMetricsRun) -> None:
+_UNREADABLE = (ValueError, RuntimeError, EOFError, pickle.UnpicklingError, tarfile.TarError)
+
+
+def _load(run: ModelMetricsRun, family: str, load: Callable[[], T], hint: str) -> T | None:
+    """`load()`, or None with the reason in `run.skipped` when weights are missing or do not load."""
     try:
-        checkpoint = find_weights(
-            args.chexbert, "chexbert.pth", "--chexbert", fallbacks=[Path.home() / ".cache/chexbert/chexbert.pth"]
-        )
+        return load()
+    except WeightsMissing as exc:
+        run.skipped[family] = str(exc)
+    except OSError as exc:  # transformers: config or tokenizer files not on this machine
+        run.skipped[family] = f"{hint} ({type(exc).__name__}: {str(exc)[:200]})"
+    except _UNREADABLE as exc:
+        run.skipped[family] = f"cannot load the weights ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
+
+
+def _run_chexbert(rows: list[dict[str, Any]], args: argparse.Namespace, run: ModelMetricsRun) -> None:
+    def load() -> tuple[Any, Path]:
+        fallbacks = [Path.home() / ".cache/chexbert/chexbert.pth"]
+        checkpoint = find_weights(args.chexbert, "chexbert.pth", "--chexbert", fallbacks=fallbacks)
         from model_backend.evaluation.chexbert import CheXbertLabeler
 
-        labeler = CheXbertLabeler.from_files(checkpoint, args.chexbert_bert, args.device)
-    except WeightsMissing as exc:
-        run.skipped[CHEXBERT_FAMILY] = str(exc)
+        return CheXbertLabeler.from_files(checkpoint, args.chexbert_bert, args.device), checkpoint
+
+    hint = (
+        f"BERT files for {args.chexbert_bert!r} not found offline: pass --chexbert-bert DIR (config.json, vocab.txt) "
+        "or cache them (huggingface-cli download bert-base-uncased config.json vocab.txt tokenizer_config.json)"
+    )
+    loaded = _load(run, CHEXBERT_FAMILY, load, hint)
+    if loaded is None:
         return
-    except OSError as exc:
-        run.skipped[CHEXBERT_FAMILY] = (
-            f"BERT files for {args.chexbert_bert!r} not found offline ({type(exc).__name__}); pass --chexbert-bert "
-            "DIR (config.json, vocab.txt) or cache them (huggingface-cli download bert-base-uncased)"
-        )
-        return
+    labeler, checkpoint = loaded
     add_chexbert_labels(rows, labeler, args.chexbert_uncertain)
     run.settings["chexbert"] = {"checkpoint": str(checkpoint), "bert": args.chexbert_bert}
     run.settings["chexbert"]["uncertain"] = args.chexbert_uncertain
 
 
 def _run_radgraph(rows: list[dict[str, Any]], args: argparse.Namespace, run: ModelMetricsRun) -> None:
-    from model_backend.evaluation.radgraph import RadGraphAnnotator
-
     with tempfile.TemporaryDirectory(prefix="radgraph-") as workdir:
-        try:
+
+        def load() -> tuple[Any, Path]:
             folder, source = _radgraph_folder(args, Path(workdir))
-            annotator = RadGraphAnnotator.from_folder(folder, args.radgraph_type, args.radgraph_bert, args.device)
-        except WeightsMissing as exc:
-            run.skipped[RADGRAPH_FAMILY] = str(exc)
-            return
-        except OSError as exc:
-            run.skipped[RADGRAPH_FAMILY] = (
-                f"the archive's BERT files not found offline ({type(exc).__name__}: {exc}); "
-                "pass --radgraph-bert DIR or cache the model named in its config.json"
-            )
-            return
+            from model_backend.evaluation.radgraph import RadGraphAnnotator
+
+            return RadGraphAnnotator.from_folder(folder, args.radgraph_type, args.radgraph_bert, args.device), source
+
+        hint = "files not found offline: the archive's config.json, weights.th, or the BERT it names (--radgraph-bert)"
+        loaded = _load(run, RADGRAPH_FAMILY, load, hint)
+    if loaded is None:
+        return
+    annotator, source = loaded
     add_radgraph_rewards(rows, annotator, args.radgraph_legacy_case)
     run.settings["radgraph"] = {"archive": str(source), "type": args.radgraph_type}
     run.settings["radgraph"]["token case"] = "as written (legacy)" if args.radgraph_legacy_case else "lowercased"
