@@ -300,15 +300,23 @@ def study_row(
 ) -> dict[str, Any]:
     """All per-study numbers for one (study, context), as a flat dict (the per-study CSV row).
 
-    `grounded` is the context's setting (box metrics of an ungrounded context are not applicable);
-    `flags` are the report's degenerate-output flags.
+    `grounded` is the context's setting: box metric values of an ungrounded context are None (not
+    applicable; box counts stay); `flags` are the report's degenerate-output flags.
     """
     box = study_box_metrics(findings, image_width, image_height, reference_boxes)
     radfact = radfact_box_scores(*radfact_phrases(findings, image_width, image_height, reference_boxes))
+    box_values = {
+        "precision": box.precision,
+        "recall": box.recall,
+        "union_iou": box.union_iou,
+        "pixel_precision": box.pixel_precision,
+        "pixel_recall": box.pixel_recall,
+        **(radfact.as_row() if reference_boxes else dict.fromkeys(radfact.as_row())),
+    }
     per_class = {name: vars(c) for name, c in box.per_class.items()}
     for name, (precision, recall) in radfact.per_class.items():
         if name in per_class:
-            per_class[name].update(fractions(precision, recall))
+            per_class[name].update(fractions(precision, recall) if grounded else dict.fromkeys(radfact.as_row()))
     generated_text = " ".join(f.text for f in findings)
     reference_text = " ".join(reference_findings)
     has_reference = bool(reference_text.strip())
@@ -323,12 +331,7 @@ def study_row(
         "n_empty_ref_boxes": box.n_empty_ref_boxes,
         "precision_hits": box.precision_hits,
         "recall_hits": box.recall_hits,
-        "precision": box.precision,
-        "recall": box.recall,
-        "union_iou": box.union_iou,
-        "pixel_precision": box.pixel_precision,
-        "pixel_recall": box.pixel_recall,
-        **(radfact.as_row() if reference_boxes else dict.fromkeys(radfact.as_row())),
+        **(box_values if grounded else dict.fromkeys(box_values)),  # not applicable, not 0
         "per_class": per_class,
         "rouge_l": rouge_l(generated_text, reference_text) if has_reference else None,
         "bleu_stats": bleu_statistics(generated_text, reference_text) if has_reference else None,

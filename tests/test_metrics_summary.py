@@ -43,6 +43,9 @@ def test_box_metrics_are_not_applicable_for_an_ungrounded_context() -> None:
     summary = summarise(_rows(), n_resamples=300)
     c = summary.contexts["C"]
     assert not c.grounded and c.counts["n_pred_boxes"] == 0
+    study = next(r for r in _rows() if r["context"] == "C")  # per study too: counts stay, values are None
+    assert study["recall"] is None and study["radfact_spatial_recall"] is None and study["n_ref_boxes"] == 1
+    assert study["per_class"]["Nodule"]["radfact_spatial_recall"] is None
     for key in ("precision", "recall", "union_iou", "radfact_spatial_precision", "radfact_grounding_recall"):
         assert (c.metrics[key].value, c.metrics[key].note) == (None, NOT_APPLICABLE), key
     assert c.per_class["Nodule"] and all(e.note == NOT_APPLICABLE for e in c.per_class["Nodule"].values())
