@@ -12,6 +12,9 @@ are identities, the feed-forward block is zero. Words have orthogonal zero-mean 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,7 @@ from model_backend.evaluation.chexbert_labels import (
 )
 from model_backend.metrics import main
 
+REPO = Path(__file__).resolve().parents[1]
 WORDS = ["effusion", "possible", "edema", "no", "normal", "small", "left", "pleural", "mild", "study", "."]
 WALSH = torch.tensor(
     [
@@ -186,3 +190,26 @@ def test_missing_weights_are_named(
     assert main([*argv, "--chexbert", str(tmp_path), "--chexbert-bert", str(chexbert_files[1])]) == 0
     out = capsys.readouterr().out
     assert "CheXpert F1-14 / F1-5: cannot load the weights" in out and "ROUGE-L" in out
+
+
+def test_checkpoint_found_in_the_hugging_face_cache(chexbert_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """No --chexbert: the CLI finds chexbert.pth in the HF cache (offline), as `huggingface-cli download` leaves it."""
+    checkpoint, bert_dir = chexbert_files
+    repo = tmp_path / "hub" / "models--StanfordAIMI--RRG_scorers"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "chexbert.pth").write_bytes(checkpoint.read_bytes())
+    manifest, results = tmp_path / "m.jsonl", tmp_path / "r.jsonl"
+    manifest.write_text(json.dumps({"study_id": "s1", "reference_findings": ["Mild edema."]}) + "\n")
+    line = {"study_id": "s1", "context": "A", "output": [["Mild edema.", None]], "image_width": 10, "image_height": 10}
+    results.write_text(json.dumps(line) + "\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "model_backend.metrics", str(results), "--data", str(manifest)]
+    command += ["--chexbert-bert", str(bert_dir), "--resamples", "20"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"snapshots/{revision}/chexbert.pth" in done.stdout
+    f1_line = next(line for line in done.stdout.splitlines() if line.startswith("CheXpert F1-14"))
+    assert f1_line.split()[-3] == "1.000"  # edema vs edema
