@@ -12,8 +12,9 @@ study runs once under its own sections, as context "default".
 Output: one JSON line per (study, context), in manifest order x contexts order::
 
     {"study_id", "context": {name + fields}, "context_key", "task", "output" (protocol findings, list
-     form, model-frame boxes), "raw_text", "complete", "warnings", "image_width", "image_height",
-     "model_id", "backend", "error": null | "message", "timings": {...}}
+     form, model-frame boxes), "raw_text", "complete", "warnings", "flags" (degenerate-output flag
+     names, `model_backend.degenerate`), "image_width", "image_height", "model_id", "backend",
+     "error": null | "message", "timings": {...}}
 
 `--task` is `reporting` (the default: the model writes the report; "task": "reporting") or
 `box-completion` ("task": "box_completion"): the study's reference findings are given to the model
@@ -52,6 +53,7 @@ from tqdm import tqdm
 from model_backend.backends import load_backend
 from model_backend.backends.base import BOX_COMPLETION, REPORTING, Backend, BackendError, UnsupportedTaskError
 from model_backend.datasets import Dataset, DatasetError, StudyEntry, load_manifest
+from model_backend.degenerate import degenerate_flags
 from model_backend.protocol import report_to_output
 from model_backend.types import PromptContext, Report, Study
 
@@ -181,6 +183,7 @@ def result_line(
         "raw_text": None if report is None else report.raw_text,
         "complete": report is not None and report.complete,
         "warnings": [] if report is None else list(report.warnings),
+        "flags": [] if report is None else [flag.name for flag in degenerate_flags(report)],
         "image_width": None if report is None else report.image_width,
         "image_height": None if report is None else report.image_height,
         "model_id": backend.info.model_id,

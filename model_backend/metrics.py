@@ -1,29 +1,38 @@
-"""Text and box metrics for generated reports, plus a CLI over a results file.
+"""Per-study text and box metrics of generated reports, and the metrics CLI over a results file.
 
 Box metrics live in the IMAGE frame (pixels of the frontal image). Generated boxes arrive in the
 model frame and are converted with `model_backend.boxes.model_to_image_box`, then every box is
-clipped to the image. Following RadFact, boxes are rasterised on a 224 x 224 grid laid over the
-whole image (x scaled by 224 / width, y by 224 / height); a grid cell belongs to a box when the
-cell centre lies inside it (half-open: x_min <= centre < x_max, same for y). On that grid:
+clipped to the image. Boxes are rasterised on a 224 x 224 grid laid over the whole image (x
+scaled by 224 / width, y by 224 / height); a grid cell belongs to a box when the cell centre lies
+inside it (half-open: x_min <= centre < x_max, same for y). On that grid (today's metric, "best
+single reference box"):
 
 - a generated box g is a *precision hit* when max over reference boxes r of |g ∩ r| / |g| > 0.5
-  (more than half of g lies inside one reference box); grounding precision = hits / generated boxes;
+  (more than half of g lies inside one reference box); box precision = hits / generated boxes;
 - a reference box r is a *recall hit* when max over generated boxes g of |g ∩ r| / |r| > 0.5
-  (one generated box covers more than half of r); grounding recall = hits / reference boxes;
+  (one generated box covers more than half of r); box recall = hits / reference boxes;
 - union IoU compares the union mask of all generated boxes with that of all reference boxes.
 
 Exactly 0.5 is not a hit. A box that covers no cell centre (zero area after rasterisation) is
 counted and never a hit, and the counts of such boxes are reported. All of this is class-agnostic;
 per-class counts use `CLASS_KEYWORDS` (see `classes_in_sentence`).
 
+Next to it, RadFact's own definitions (`model_backend.evaluation.radfact_boxes`): a phrase's boxes
+are supported when more than half of them lie inside the *union* of its evidence boxes, reported
+as spatial and grounding precision/recall. Here a generated sentence's evidence is the reference
+boxes of the classes it names, and a reference class's evidence is the generated sentences naming it.
+
 Text: ROUGE-L F1 from `rouge-score` (its tokenizer, Porter stemmer on) and corpus BLEU-4 from
 `sacrebleu` (default 13a tokenisation, lowercase=True), reported in [0, 1] (sacrebleu's score / 100).
+Every row also carries its context's `grounded` setting and its degenerate-output flags
+(`model_backend.degenerate`). Summaries, intervals and context differences:
+`model_backend.evaluation.summary`; model-based metrics (CheXbert, RadGraph, LLM entailment):
+`model_backend.evaluation.model_metrics`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -37,9 +46,17 @@ import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from model_backend.boxes import clip_box, model_to_image_box
+from model_backend.boxes import clip_box, model_to_image_box, normalise_image_box
+from model_backend.degenerate import Flag, degenerate_flags
+from model_backend.evaluation.bleu import bleu_statistics
+from model_backend.evaluation.metric_specs import computed_metrics
+from model_backend.evaluation.model_metrics import add_model_arguments, add_model_metrics
+from model_backend.evaluation.radfact_boxes import Phrase, fractions, radfact_box_scores
+from model_backend.evaluation.report import format_summary, write_json, write_rows_csv, write_summary_csv
+from model_backend.evaluation.summary import flat_estimates, summarise, summarise_context
+from model_backend.paired_stats import N_RESAMPLES, bootstrap_interval
 from model_backend.protocol import ProtocolError, decode_output
-from model_backend.types import Box, Finding, ReferenceBox
+from model_backend.types import BackendInfo, Box, Finding, PromptContext, ReferenceBox, Report
 
 GRID = 224
 HIT_THRESHOLD = 0.5
@@ -72,9 +89,6 @@ _CLASS_PATTERNS = {
     name: re.compile("|".join(rf"\b(?:{k})" for k in keywords), re.IGNORECASE)
     for name, keywords in CLASS_KEYWORDS.items()
 }
-
-
-_CLASS_TOTALS = ("n_pred_boxes", "n_ref_boxes", "precision_hits", "recall_hits")
 
 
 class MetricsInputError(ValueError):
@@ -223,7 +237,7 @@ def corpus_bleu4(preds: Sequence[str], refs: Sequence[str]) -> float:
 
 def bootstrap_ci(
     values: Sequence[float],
-    n_resamples: int = 1000,
+    n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     alpha: float = 0.05,
     weights: Sequence[float] | None = None,
@@ -239,14 +253,37 @@ def bootstrap_ci(
         raise ValueError(f"need a non-empty list of values (and matching weights), got {v.size} values")
     if np.any(w <= 0):
         raise ValueError("bootstrap weights must be positive")
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_resamples)
-    chunk = max(1, 4_000_000 // v.size)  # bound memory: chunk x n indices at a time
-    for start in range(0, n_resamples, chunk):
-        idx = rng.integers(0, v.size, size=(min(chunk, n_resamples - start), v.size))
-        stats[start : start + len(idx)] = (v * w)[idx].sum(axis=1) / w[idx].sum(axis=1)
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float((v * w).sum() / w.sum()), float(lo), float(hi)
+    interval = bootstrap_interval(np.column_stack([v * w, w]), n_resamples=n_resamples, seed=seed, alpha=alpha)
+    return interval.value, interval.lo, interval.hi  # type: ignore[return-value]
+
+
+def radfact_phrases(
+    findings: Sequence[Finding], image_width: int, image_height: int, reference_boxes: Sequence[ReferenceBox]
+) -> tuple[list[Phrase], list[Phrase]]:
+    """(generated, reference) phrases for RadFact's box metrics, boxes normalised over the whole image.
+
+    Generated: one per finding, asserting the classes its sentence names. Reference: one per box
+    label (canonical class, else the label as written) holding all boxes of that label.
+    """
+
+    def normalised(image_box: Box) -> Box:
+        return normalise_image_box(image_box, image_width, image_height)
+
+    generated = [
+        Phrase(
+            f.text,
+            tuple(normalised(model_to_image_box(b, image_width, image_height)) for b in f.model_boxes)
+            if f.model_boxes
+            else None,
+            frozenset(classes_in_sentence(f.text)),
+        )
+        for f in findings
+    ]
+    groups: dict[str, list[Box]] = {}
+    for ref in reference_boxes:
+        groups.setdefault(canonical_class(ref.label) or ref.label, []).append(normalised(ref.image_box))
+    reference = [Phrase(label, tuple(boxes), frozenset({label})) for label, boxes in groups.items()]
+    return generated, reference
 
 
 def study_row(
@@ -257,78 +294,70 @@ def study_row(
     image_height: int,
     reference_boxes: Sequence[ReferenceBox],
     reference_findings: Sequence[str],
+    *,
+    grounded: bool = True,
+    flags: Sequence[Flag] = (),
 ) -> dict[str, Any]:
-    """All per-study numbers for one (study, context), as a flat dict (the per-study CSV row)."""
+    """All per-study numbers for one (study, context), as a flat dict (the per-study CSV row).
+
+    `grounded` is the context's setting: box metric values of an ungrounded context are None (not
+    applicable; box counts stay); `flags` are the report's degenerate-output flags.
+    """
     box = study_box_metrics(findings, image_width, image_height, reference_boxes)
+    radfact = radfact_box_scores(*radfact_phrases(findings, image_width, image_height, reference_boxes))
+    box_values = {
+        "precision": box.precision,
+        "recall": box.recall,
+        "union_iou": box.union_iou,
+        "pixel_precision": box.pixel_precision,
+        "pixel_recall": box.pixel_recall,
+        **(radfact.as_row() if reference_boxes else dict.fromkeys(radfact.as_row())),
+    }
+    per_class = {name: vars(c) for name, c in box.per_class.items()}
+    for name, (precision, recall) in radfact.per_class.items():
+        if name in per_class:
+            per_class[name].update(fractions(precision, recall) if grounded else dict.fromkeys(radfact.as_row()))
     generated_text = " ".join(f.text for f in findings)
     reference_text = " ".join(reference_findings)
+    has_reference = bool(reference_text.strip())
     return {
         "study_id": study_id,
         "context": context,
+        "grounded": grounded,
+        "flags": {flag.name: flag.reason for flag in flags},
         "n_pred_boxes": box.n_pred_boxes,
         "n_ref_boxes": box.n_ref_boxes,
         "n_empty_pred_boxes": box.n_empty_pred_boxes,
         "n_empty_ref_boxes": box.n_empty_ref_boxes,
         "precision_hits": box.precision_hits,
         "recall_hits": box.recall_hits,
-        "precision": box.precision,
-        "recall": box.recall,
-        "union_iou": box.union_iou,
-        "pixel_precision": box.pixel_precision,
-        "pixel_recall": box.pixel_recall,
-        "per_class": {name: vars(c) for name, c in box.per_class.items()},
-        "rouge_l": rouge_l(generated_text, reference_text) if reference_text.strip() else None,
+        **(box_values if grounded else dict.fromkeys(box_values)),  # not applicable, not 0
+        "per_class": per_class,
+        "rouge_l": rouge_l(generated_text, reference_text) if has_reference else None,
+        "bleu_stats": bleu_statistics(generated_text, reference_text) if has_reference else None,
         "generated_text": generated_text,
         "reference_text": reference_text,
+        "generated_sentences": [f.text for f in findings],
+        "reference_sentences": list(reference_findings),
     }
 
 
-def _with_ci(out: dict[str, Any], name: str, values: list[float], weights: list[float] | None = None) -> None:
-    if values:
-        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(values, weights=weights)
-    else:
-        out[name] = out[f"{name}_lo"] = out[f"{name}_hi"] = None
+def aggregate(per_study: list[dict], n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Flat summary of one context's `study_row` dicts: counts, flag counts and every computed metric.
 
-
-def aggregate(per_study: list[dict]) -> dict[str, Any]:
-    """Summary of `study_row` dicts (one context): micro box precision/recall, mean IoU, ROUGE-L, BLEU-4.
-
-    Box metrics cover the *box-annotated* studies (at least one reference box): a study without
-    reference boxes may simply be unannotated, so its generated boxes are only counted, in
-    `n_pred_boxes_unannotated`. Precision/recall are micro (hits over all boxes) with a study-level
-    bootstrap 95% interval; union IoU and ROUGE-L are means over studies; BLEU-4 is a corpus score.
+    Each metric appears as `name`, `name_lo`, `name_hi` (95% bootstrap interval over studies) and
+    `name_note` (None, or why there is no value: not applicable to an ungrounded context, no data);
+    `per_class` maps class -> the same keys. Box metrics cover the box-annotated studies (at least
+    one reference box): a study without reference boxes may simply be unannotated, so its
+    generated boxes are only counted, in `n_pred_boxes_unannotated`. Box precision/recall are
+    micro (hits over all boxes), union IoU, ROUGE-L and RadFact's fractions means over studies,
+    BLEU-4 a corpus score. See `model_backend.evaluation.summary` for all contexts and their differences.
     """
-    annotated = [r for r in per_study if r["n_ref_boxes"] > 0]
-    with_pred = [r for r in annotated if r["n_pred_boxes"] > 0]
-    with_text = [r for r in per_study if r["reference_text"].strip()]
-    out: dict[str, Any] = {
-        "n_studies": len(per_study),
-        "n_box_studies": len(annotated),
-        "n_pred_boxes": sum(r["n_pred_boxes"] for r in annotated),
-        "n_ref_boxes": sum(r["n_ref_boxes"] for r in annotated),
-        "n_empty_pred_boxes": sum(r["n_empty_pred_boxes"] for r in annotated),
-        "n_pred_boxes_unannotated": sum(r["n_pred_boxes"] for r in per_study if r["n_ref_boxes"] == 0),
-        "n_text_studies": len(with_text),
-    }
-    _with_ci(out, "precision", [r["precision"] for r in with_pred], [r["n_pred_boxes"] for r in with_pred])
-    _with_ci(out, "recall", [r["recall"] for r in annotated], [r["n_ref_boxes"] for r in annotated])
-    _with_ci(out, "union_iou", [r["union_iou"] for r in annotated if r["union_iou"] is not None])
-    _with_ci(out, "rouge_l", [r["rouge_l"] for r in with_text])
-    out["bleu4"] = (
-        corpus_bleu4([r["generated_text"] for r in with_text], [r["reference_text"] for r in with_text])
-        if with_text
-        else None
-    )
-    per_class: dict[str, dict[str, Any]] = {}
-    for row in annotated:
-        for name, counts in row["per_class"].items():
-            total = per_class.setdefault(name, dict.fromkeys(_CLASS_TOTALS, 0))
-            for key in _CLASS_TOTALS:
-                total[key] += counts[key]
-    for total in per_class.values():
-        total["precision"] = total["precision_hits"] / total["n_pred_boxes"] if total["n_pred_boxes"] else None
-        total["recall"] = total["recall_hits"] / total["n_ref_boxes"] if total["n_ref_boxes"] else None
-    out["per_class"] = dict(sorted(per_class.items()))
+    name = per_study[0]["context"] if per_study else ""
+    context = summarise_context(name, per_study, computed_metrics(per_study), n_resamples, seed)
+    out: dict[str, Any] = {**context.counts, "grounded": context.grounded, "flags": context.flags}
+    out.update(flat_estimates(context.metrics))
+    out["per_class"] = {cls: flat_estimates(metrics) for cls, metrics in context.per_class.items()}
     return out
 
 
@@ -392,11 +421,28 @@ def load_manifest_references(path: Path) -> dict[str, dict]:
     return references
 
 
+def _report(record: dict, study_id: str, context: str, findings: list[Finding], width: int, height: int) -> Report:
+    """A results line as a `Report` (for the degenerate-output flags)."""
+    return Report(
+        study_id=study_id,
+        context=PromptContext(name=context),
+        findings=tuple(findings),
+        image_width=width,
+        image_height=height,
+        raw_text=str(record.get("raw_text") or ""),
+        complete=bool(record.get("complete", True)),
+        backend=BackendInfo(name=str(record.get("backend") or "recorded"), model_id=str(record.get("model_id") or "")),
+        warnings=tuple(str(w) for w in record.get("warnings") or ()),
+    )
+
+
 def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, Any]]:
     """Results JSONL + manifest JSONL -> `study_row` dicts, one per (study, context) line.
 
-    A results line holds `study_id`, `context` (a name, or an object with a "name"), `output`
-    (protocol findings: list or JSON string) and `image_width` / `image_height`.
+    A results line holds `study_id`, `context` (a name, or an object with a "name" and optionally
+    "grounded"; a bare name counts as grounded), `output` (protocol findings: list or JSON
+    string) and `image_width` / `image_height`; `raw_text`, `complete` and `warnings` (as the
+    batch runner writes them) feed the degenerate-output flags, recomputed from the line.
     """
     references = load_manifest_references(manifest_path)
     rows, seen = [], set()
@@ -408,7 +454,9 @@ def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, 
         if missing:
             raise MetricsInputError(f"{where}: missing {', '.join(missing)}")
         study_id = str(record["study_id"])
-        context = record["context"]["name"] if isinstance(record["context"], dict) else str(record["context"])
+        raw_context = record["context"]
+        context = raw_context["name"] if isinstance(raw_context, dict) else str(raw_context)
+        grounded = raw_context.get("grounded", True) is not False if isinstance(raw_context, dict) else True
         width, height = record["image_width"], record["image_height"]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
             raise MetricsInputError(f"{where}: image_width and image_height must be positive integers")
@@ -422,91 +470,50 @@ def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, 
         except ProtocolError as exc:
             raise MetricsInputError(f"{where}: {exc}") from exc
         findings = [Finding(text, None if boxes is None else tuple(boxes)) for text, boxes in decoded]
+        flags = degenerate_flags(_report(record, study_id, context, findings, width, height))
         ref = references[study_id]
-        ref_where = f"{manifest_path}:{ref['line']}"
-        ref_boxes = [_reference_box(b, width, height, ref_where) for b in ref["reference_boxes"]]
-        rows.append(study_row(study_id, context, findings, width, height, ref_boxes, ref["reference_findings"]))
+        ref_boxes = [_reference_box(b, width, height, f"{manifest_path}:{ref['line']}") for b in ref["reference_boxes"]]
+        ref_text = ref["reference_findings"]
+        row = study_row(study_id, context, findings, width, height, ref_boxes, ref_text, grounded=grounded, flags=flags)
+        rows.append(row)
     if not rows:
         raise MetricsInputError(f"{results_path}: no result lines")
     return rows
 
 
-def _fmt(summary: dict[str, Any], name: str) -> str:
-    value = summary.get(name)
-    if value is None:
-        return "-"
-    if f"{name}_lo" in summary:
-        return f"{value:.3f} [{summary[f'{name}_lo']:.3f}, {summary[f'{name}_hi']:.3f}]"
-    return f"{value:.3f}"
-
-
-def format_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """Per-context summaries -> a plain-text table (values with 95% bootstrap intervals)."""
-    header = [
-        "context",
-        "studies",
-        "box studies",
-        "boxes gen/ref",
-        "precision",
-        "recall",
-        "union IoU",
-        "ROUGE-L",
-        "BLEU-4",
-    ]
-    body = [
-        [
-            name,
-            str(s["n_studies"]),
-            str(s["n_box_studies"]),
-            f"{s['n_pred_boxes']}/{s['n_ref_boxes']}",
-            _fmt(s, "precision"),
-            _fmt(s, "recall"),
-            _fmt(s, "union_iou"),
-            _fmt(s, "rouge_l"),
-            _fmt(s, "bleu4"),
-        ]
-        for name, s in summaries.items()
-    ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """Per-study rows -> CSV (per_class as a JSON column; missing values empty)."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {k: json.dumps(v) if k == "per_class" else ("" if v is None else v) for k, v in row.items()}
-            )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m model_backend.metrics", description="Grounding and text metrics of generated reports."
+        prog="python -m model_backend.metrics",
+        description="Grounding, text and clinical metrics of generated reports, per context and between contexts.",
     )
     parser.add_argument("results", type=Path, help="results JSONL (study_id, context, output, image_width/height)")
     parser.add_argument("--data", type=Path, required=True, help="manifest JSONL with reference findings/boxes")
     parser.add_argument("--out", type=Path, default=None, help="per-study CSV to write")
+    parser.add_argument("--summary-csv", type=Path, default=None, help="summary CSV (long form) to write")
+    parser.add_argument("--json", type=Path, default=None, help="summary JSON (with the per-study rows) to write")
+    parser.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap and randomisation resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
+    if args.resamples < 1:
+        parser.error("--resamples must be at least 1")
     try:
         rows = evaluate_results(args.results, args.data)
     except MetricsInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    contexts = sorted({r["context"] for r in rows})
-    summaries = {c: aggregate([r for r in rows if r["context"] == c]) for c in contexts}
-    print(format_table(summaries))
-    for name, summary in summaries.items():
-        for cls, counts in summary["per_class"].items():
-            p, r = _fmt(counts, "precision"), _fmt(counts, "recall")
-            print(f"  {name} / {cls}: precision {p} of {counts['n_pred_boxes']}, recall {r} of {counts['n_ref_boxes']}")
+    run = add_model_metrics(rows, args)
+    summary = summarise(rows, args.resamples, args.seed, skipped=run.skipped, models=run.settings)
+    print(format_summary(summary))
     if args.out is not None:
-        write_csv(rows, args.out)
+        write_rows_csv(rows, args.out)
         print(f"per-study metrics: {args.out}")
+    if args.summary_csv is not None:
+        write_summary_csv(summary, args.summary_csv)
+        print(f"summary: {args.summary_csv}")
+    if args.json is not None:
+        write_json(summary, rows, args.json)
+        print(f"summary JSON: {args.json}")
     return 0
 
 

@@ -189,9 +189,10 @@ class Report:
 
     @property
     def report_id(self) -> str:
-        """Content hash of what was generated, for which study and by what: study id, backend, model id, weights,
-        prompt context, images, task and the output itself (raw text and parsed findings). Verdicts attach to it, so a verdict can only
-        ever refer to exactly these findings; generating the same output again gives the same id."""
+        """Content hash of what was generated, for which study and by what: study id, backend, model id,
+        weights, prompt context, images, task and the output itself (raw text and parsed findings).
+        Verdicts attach to it, so a verdict can only ever refer to exactly these findings; generating the
+        same output again gives the same id."""
         findings = [[f.text, None if f.model_boxes is None else [b.as_tuple() for b in f.model_boxes]]
                     for f in self.findings]  # fmt: skip
         payload = [self.study_id, self.backend.name, self.backend.model_id, self.backend.weights_hash,

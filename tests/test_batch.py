@@ -155,7 +155,7 @@ def test_lines_follow_the_format_and_replay(reference: Path, dataset_dir: Path, 
     ]
     first = records[0]
     assert list(first) == [
-        "study_id", "context", "context_key", "task", "output", "raw_text", "complete", "warnings",
+        "study_id", "context", "context_key", "task", "output", "raw_text", "complete", "warnings", "flags",
         "image_width", "image_height", "model_id", "backend", "error", "timings",
     ]  # fmt: skip
     assert first["context_key"] == PromptContext(**first["context"]).key() and first["task"] == "reporting"

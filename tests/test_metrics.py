@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,17 +263,26 @@ def test_cli_prints_table_and_writes_csv(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].split()[:3] == ["context", "studies", "box"]
-    row_a = next(line for line in lines if line.startswith("A "))
-    assert "1.000 [1.000, 1.000]" in row_a and "2" in row_a.split()[1]
-    assert "A / Nodule: precision 1.000 of 1, recall 1.000 of 1" in proc.stdout
+    table = _table(proc.stdout, "Metrics per context")
+    assert table["metric"] == ["A", "B"]
+    assert table["studies"] == ["2", "1"] and table["box-annotated studies"] == ["1", "1"]
+    assert table["box precision (best single ref)"] == ["1.000 [1.000, 1.000]", "-"]  # B generated no box
+    assert table["box recall (best single ref)"] == ["1.000 [1.000, 1.000]", "0.000 [0.000, 0.000]"]
+    assert _table(proc.stdout, "Per class")["Nodule / box precision (best single ref)"][0] == "1.000 [1.000, 1.000]"
+    assert "B - A (1)" in _table(proc.stdout, "Differences between contexts")["metric"]
     with out_csv.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["study_id"], r["context"]) for r in rows] == [("s1", "A"), ("s1", "B"), ("s2", "A")]
     assert rows[0]["precision"] == "1.0" and rows[0]["union_iou"] == "1.0" and rows[0]["rouge_l"] == "1.0"
     assert rows[1]["recall"] == "0.0" and rows[1]["precision"] == ""
     assert json.loads(rows[0]["per_class"])["Nodule"]["recall_hits"] == 1
+
+
+def _table(stdout: str, title: str) -> dict[str, list[str]]:
+    """A printed table (the block after the line starting with `title`) as {first cell: other cells}."""
+    block = stdout.split(title, 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in block if not line.startswith("-")]
+    return {row[0]: row[1:] for row in rows}
 
 
 @pytest.mark.parametrize(
