@@ -32,7 +32,9 @@ import torch
 from bench_contexts import CONTEXTS, NEW_CONTEXT, SECTIONS, TARGET_REPORT, build_study, stream_times, timed
 
 from model_backend.backends.local import GenerationSettings, LocalBackend
+from model_backend.maira2.configuration import Maira2Config
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration
+from model_backend.maira2.processing import Maira2Processor
 from model_backend.maira2.snapshot import (
     build_tokenizer,
     default_corpus,
@@ -45,19 +47,28 @@ FULL = {"vision": (768, 12, 12, 3072), "text": (4096, 32, 32, 11008)}
 SMALL = {"vision": (64, 2, 4, 128), "text": (128, 2, 4, 256)}
 
 
-def build(out: Path, sizes: dict[str, tuple[int, int, int, int]], device: str, dtype: torch.dtype) -> Path:
-    """Random-weight snapshot of the given sizes (initialised on `device`, saved in `dtype`)."""
+def config_and_processor(
+    sizes: dict[str, tuple[int, int, int, int]], vocab_size: int | None = None
+) -> tuple[Maira2Config, Maira2Processor]:
+    """The benchmark's tokenizer in a 518 px / patch 14 processor, and a config of the given sizes
+    (hidden, layers, heads, MLP width); embedding rows: the tokenizer's unless `vocab_size` is given."""
     corpus = [*default_corpus(), *SECTIONS.values(), *(c.indication or "" for c in CONTEXTS), TARGET_REPORT]
     tokenizer = build_tokenizer(corpus, vocab_size=900)
     processor = make_processor(tokenizer, image_size=518, patch_size=14)
     v_hidden, v_layers, v_heads, v_mlp = sizes["vision"]
     t_hidden, t_layers, t_heads, t_mlp = sizes["text"]
     config = tiny_config(
-        len(tokenizer), processor.image_token_id, image_size=518, patch_size=14, vision_hidden=v_hidden,
+        vocab_size or len(tokenizer), processor.image_token_id, image_size=518, patch_size=14, vision_hidden=v_hidden,
         vision_layers=v_layers, text_hidden=t_hidden, text_layers=t_layers, heads=t_heads, vision_heads=v_heads,
         vision_intermediate=v_mlp, text_intermediate=t_mlp, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
+    return config, processor
+
+
+def build(out: Path, sizes: dict[str, tuple[int, int, int, int]], device: str, dtype: torch.dtype) -> Path:
+    """Random-weight snapshot of the given sizes (initialised on `device`, saved in `dtype`)."""
+    config, processor = config_and_processor(sizes)
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -66,8 +77,8 @@ def build(out: Path, sizes: dict[str, tuple[int, int, int, int]], device: str, d
             model = Maira2ForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default_dtype)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     path = write_snapshot(out, model, processor)
     del model
     return path

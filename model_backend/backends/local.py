@@ -33,7 +33,7 @@ from model_backend.backends.base import BOX_COMPLETION, BackendError, PromptErro
 from model_backend.backends.box_completion import BoxCompletion, GroundingTokens
 from model_backend.backends.shared_prefix import ATTENTION_NAME, SharedPrefixState, shared_prefix
 from model_backend.boxes import bins_to_box
-from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
+from model_backend.maira2.modeling import default_device_and_dtype, load_model
 from model_backend.maira2.parsing import parse_tolerant
 from model_backend.maira2.processing import ConstantImageError, Maira2Processor
 from model_backend.prompt_limits import MIN_REPORT_TOKENS, SECTIONS, check_context, check_text
@@ -154,13 +154,12 @@ class LocalBackend:
         _check_local_snapshot(model_path)
         try:
             self.processor = Maira2Processor.from_pretrained(model_path)
-            model = Maira2ForConditionalGeneration.from_pretrained(model_path, dtype=self.dtype)
+            self.model = load_model(model_path, self.dtype, self.device)
         except (OSError, ValueError) as err:
             raise BackendError(
                 f"cannot load a MAIRA-2 snapshot from {model_path!r}: {err}. For microsoft/maira-2, request access "
                 "on the Hugging Face hub, log in, download it, then pass the folder or hub id with --model."
             ) from err
-        self.model = model.to(self.device).eval()
         # SDPA everywhere, except inside `shared_prefix(...)` blocks where rows share the prefix cache.
         self.model.language_model.config._attn_implementation = ATTENTION_NAME
         self.settings = settings or GenerationSettings()

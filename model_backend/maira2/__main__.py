@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
+from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype, load_model
 from model_backend.maira2.processing import Maira2Processor
 from model_backend.maira2.snapshot import GROUNDING_TOKENS
 
@@ -46,10 +46,10 @@ def load(path: str, device: str | None, dtype: str | None) -> tuple[Maira2ForCon
         raise CheckError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
     try:
         processor = Maira2Processor.from_pretrained(path)
-        model = Maira2ForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
+        model = load_model(path, torch_dtype, torch.device(device) if device else auto_device)
     except (OSError, ValueError) as err:
         raise CheckError(f"cannot load {path}: {err}") from err
-    return model.to(torch.device(device) if device else auto_device).eval(), processor
+    return model, processor
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -127,6 +127,19 @@ class Maira2ForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
 
 
+def load_model(path: str, dtype: torch.dtype, device: torch.device) -> Maira2ForConditionalGeneration:
+    """A snapshot's model in `dtype` on `device`, in eval mode, holding the weights once.
+
+    It loads in the checkpoint's own dtype first: safetensors shards are memory-mapped, so those
+    weights are used in place, without a copy. A cast (bf16 -> fp32 on a CPU) then goes module by
+    module, in the shards' order, and each shard's mapping is released once its tensors are cast:
+    the peak is the cast weights plus one shard. (Asked for fp32 directly, transformers keeps every
+    shard mapped while it converts: the cast weights plus the whole checkpoint.)
+    """
+    model = Maira2ForConditionalGeneration.from_pretrained(path, dtype="auto")
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     """fp32 on CPU, bf16 on CUDA."""
     if torch.cuda.is_available():

@@ -1,14 +1,17 @@
 """Build MAIRA-2 snapshots in the official folder layout: tokenizer, processor files, config, weights.
 
-Used by the tests (a tiny randomly initialised snapshot) and by the demo-model trainer. The
-files and key names match `microsoft/maira-2`, so loading goes through exactly the same code
-as the real checkpoint.
+Used by the tests (a tiny randomly initialised snapshot), the demo-model trainer and the
+full-size load benchmark (random weights streamed into sharded safetensors). The files and key
+names match `microsoft/maira-2`, so loading goes through exactly the same code as the real
+checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -23,6 +26,10 @@ GROUNDING_TOKENS = (
     ["<obj>", "</obj>", "<box>", "</box>"] + [f"<x{i}>" for i in range(100)] + [f"<y{i}>" for i in range(100)]
 )
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+# Rows of the official embedding and LM head: Vicuna's 32,000 tokens + the 204 grounding tokens +
+# `<image>` and two more image tokens of the official tokenizer (ids 32204-32206).
+OFFICIAL_VOCAB_SIZE = 32207
+SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -35,7 +42,9 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrained
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     alphabet = [chr(c) for c in range(32, 127)]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False
+    )
     tokenizer.train_from_iterator(list(corpus), trainer=trainer)
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in GROUNDING_TOKENS])
     tokenizer.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
@@ -121,6 +130,54 @@ def write_snapshot(out_dir: str | Path, model: Maira2ForConditionalGeneration, p
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
+    _finish_snapshot(out, processor)
+    return out
+
+
+def write_random_snapshot(
+    out_dir: str | Path,
+    config: Maira2Config,
+    processor: Maira2Processor,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_bytes: int = 5 * 10**9,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised snapshot of any size, as `model-0000i-of-0000n.safetensors` shards plus
+    `model.safetensors.index.json` (the hub's layout for large checkpoints).
+
+    The model is built on the meta device for its key names and shapes only; each tensor is then
+    drawn and written on its own, so memory never holds more than one tensor. Norm weights and layer
+    scales are 1, biases 0, everything else N(0, 0.02) (the configs' `initializer_range`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        model = Maira2ForConditionalGeneration(config)
+    shapes = [(name, tuple(tensor.shape)) for name, tensor in model.state_dict().items()]
+    shards = _split_shards(shapes, dtype.itemsize, max_shard_bytes)
+    generator = torch.Generator().manual_seed(seed)
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        _write_safetensors(out / name, shard, dtype, lambda key, shape: _random_tensor(key, shape, dtype, generator))
+        weight_map.update(dict.fromkeys((key for key, _ in shard), name))
+    total = sum(math.prod(shape) for _, shape in shapes) * dtype.itemsize
+    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
+    model.config.dtype = dtype
+    model.config.save_pretrained(out)
+    tokenizer = processor.tokenizer
+    model.generation_config.update(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.generation_config.save_pretrained(out)
+    _finish_snapshot(out, processor)
+    return out
+
+
+def _finish_snapshot(out: Path, processor: Maira2Processor) -> None:
+    """Processor files, and the official `architectures` and `auto_map` in config.json."""
     processor.save_pretrained(out)
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
@@ -130,7 +187,56 @@ def write_snapshot(out_dir: str | Path, model: Maira2ForConditionalGeneration, p
         "AutoModelForCausalLM": "modeling_maira2.Maira2ForConditionalGeneration",
     }
     config_path.write_text(json.dumps(config, indent=2))
-    return out
+
+
+Shapes = list[tuple[str, tuple[int, ...]]]
+
+
+def _split_shards(shapes: Shapes, itemsize: int, max_shard_bytes: int) -> list[Shapes]:
+    """Consecutive tensors grouped into shards of at most `max_shard_bytes` (a larger tensor gets its own)."""
+    shards: list[Shapes] = [[]]
+    size = 0
+    for name, shape in shapes:
+        nbytes = math.prod(shape) * itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    return shards
+
+
+def _write_safetensors(
+    path: Path, shapes: Shapes, dtype: torch.dtype, make: Callable[[str, tuple[int, ...]], torch.Tensor]
+) -> None:
+    """A safetensors file written tensor by tensor: the header (names, shapes, offsets) first, then
+    each tensor's bytes as `make` returns it."""
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in shapes:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as file:
+        file.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in shapes:
+            tensor = make(name, shape)
+            file.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    module, _, leaf = name.rpartition(".")
+    if leaf == "bias":
+        return torch.zeros(shape, dtype=dtype)
+    if leaf == "lambda1" or (leaf == "weight" and "norm" in module.rpartition(".")[2]):
+        return torch.ones(shape, dtype=dtype)
+    return torch.empty(shape, dtype=dtype).normal_(0.0, 0.02, generator=generator)
 
 
 def default_corpus() -> list[str]:
