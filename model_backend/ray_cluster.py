@@ -1,0 +1,41 @@
+"""Joining a Ray cluster (batch engine, scoring service) and checking that a layout fits it.
+
+Workers import this repository's code, so every node needs it at the same path (a shared
+filesystem or one container image); `worker_runtime_env` puts it on the workers' PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_runtime_env() -> dict[str, Any]:
+    """Ray runtime environment that lets workers import this repository's code."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` (None: start a local one) unless this process already has; True if it did now."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, runtime_env=worker_runtime_env(), logging_level="WARNING")
+    return True
+
+
+def shortfall(cpus: float, gpus: float, *, spare_cpus: float = 0.0) -> str | None:
+    """Why `cpus` CPUs and `gpus` GPUs, with `spare_cpus` left free, do not fit the cluster; None when they do."""
+    resources = ray.cluster_resources()
+    have_cpus, have_gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if cpus + spare_cpus > have_cpus:
+        spare = f" and {spare_cpus:g} left free" if spare_cpus else ""
+        return f"{cpus:g} CPU(s){spare} are needed, the cluster has {have_cpus:g}"
+    if gpus > have_gpus:
+        return f"{gpus:g} GPU(s) are needed, the cluster has {have_gpus:g}"
+    return None
