@@ -7,6 +7,8 @@ filesystem or one container image); `worker_runtime_env` puts it on the workers'
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,23 @@ def connect(address: str | None) -> bool:
         return False
     ray.init(address=address, runtime_env=worker_runtime_env(), logging_level="WARNING")
     return True
+
+
+@contextmanager
+def local_cluster(num_cpus: int, object_store_mb: int | None = None) -> Iterator[str]:
+    """A local cluster started by this process (tests, benchmarks), shut down on exit; yields its address."""
+    memory = None if object_store_mb is None else object_store_mb * 1024**2
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=memory,
+        runtime_env=worker_runtime_env(),
+        logging_level="WARNING",
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
 
 
 def shortfall(cpus: float, gpus: float, *, spare_cpus: float = 0.0) -> str | None:

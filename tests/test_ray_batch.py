@@ -26,7 +26,7 @@ from model_backend.backends import load_backend  # noqa: E402
 from model_backend.batch import BatchSummary, load_contexts, plan_batch, run_batch  # noqa: E402
 from model_backend.datasets import load_manifest  # noqa: E402
 from model_backend.ray_batch import RayOptions, build_pipeline, run_ray_batch  # noqa: E402
-from model_backend.ray_cluster import worker_runtime_env  # noqa: E402
+from model_backend.ray_cluster import local_cluster  # noqa: E402
 from tests.test_batch import without_timings  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -40,17 +40,8 @@ CONTEXTS = {"full": {}, "findings_only": {"grounded": False}}
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray cluster with 2 CPUs for the whole module; yields its address for CLI drivers."""
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=256 * 1024**2,
-        runtime_env=worker_runtime_env(),
-        logging_level="WARNING",
-    )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    with local_cluster(num_cpus=2, object_store_mb=256) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +86,18 @@ def ray_cli(data_dir: Path, out: Path, address: str) -> list[str]:
     ]  # fmt: skip
 
 
-def start_cli(data_dir: Path, out: Path, address: str, log: Path) -> subprocess.Popen:
+def driver_with_lines(workdir: Path, data_dir: Path, address: str, count: int) -> tuple[subprocess.Popen, Path, Path]:
+    """A CLI driver writing workdir/results.jsonl, once that file holds `count` complete lines (polled)."""
+    out, log = workdir / "results.jsonl", workdir / "driver.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("wb") as sink:
-        return subprocess.Popen(ray_cli(data_dir, out, address), cwd=REPO, env=env, stdout=sink, stderr=sink)
-
-
-def wait_for_lines(out: Path, count: int, process: subprocess.Popen, log: Path) -> None:
-    """Poll until `out` holds `count` complete lines; fail if the driver exits or nothing comes."""
+        driver = subprocess.Popen(ray_cli(data_dir, out, address), cwd=REPO, env=env, stdout=sink, stderr=sink)
     deadline = time.monotonic() + 300
     while not (out.exists() and out.read_bytes().count(b"\n") >= count):
-        assert process.poll() is None, f"the driver exited early:\n{log.read_text()[-3000:]}"
+        assert driver.poll() is None, f"the driver exited early:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no {count} lines in 300 s:\n{log.read_text()[-3000:]}"
         time.sleep(0.01)
+    return driver, out, log
 
 
 def descendants(root: int) -> list[int]:
@@ -172,9 +162,7 @@ def test_images_are_decoded_in_tasks_ahead_of_the_model_actors(
 def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(
     tmp_path: Path, data_dir: Path, cluster: str, reference: Path
 ) -> None:
-    out, log = tmp_path / "results.jsonl", tmp_path / "driver.log"
-    driver = start_cli(data_dir, out, cluster, log)
-    wait_for_lines(out, 4, driver, log)
+    driver, out, _ = driver_with_lines(tmp_path, data_dir, cluster, 4)
     driver.send_signal(signal.SIGKILL)
     driver.wait(60)
     lines_at_kill = out.read_bytes().count(b"\n")
@@ -192,9 +180,7 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(
 def test_a_killed_model_actor_is_replaced_and_its_batch_retried(
     tmp_path: Path, data_dir: Path, cluster: str, reference: Path
 ) -> None:
-    out, log = tmp_path / "results.jsonl", tmp_path / "driver.log"
-    driver = start_cli(data_dir, out, cluster, log)
-    wait_for_lines(out, 2, driver, log)
+    driver, out, log = driver_with_lines(tmp_path, data_dir, cluster, 2)
     (actor,) = model_actor_pids()
     os.kill(actor, signal.SIGKILL)
     lines_at_kill = out.read_bytes().count(b"\n")

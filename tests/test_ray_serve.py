@@ -13,11 +13,13 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from model_backend.backends.base import Backend, BackendError  # noqa: E402
 from model_backend.batch import ContextSpec, run_batch  # noqa: E402
 from model_backend.datasets import load_manifest  # noqa: E402
 from model_backend.protocol import report_to_output  # noqa: E402
-from model_backend.ray_cluster import worker_runtime_env  # noqa: E402
+from model_backend.ray_cluster import local_cluster  # noqa: E402
 from model_backend.scoring import score  # noqa: E402
 from model_backend.serve import generate_together  # noqa: E402
 from model_backend.types import PromptContext  # noqa: E402
@@ -46,8 +48,6 @@ IMAGES = sorted((SAMPLES / "nih_cxr14_bbox").glob("*.png"))[:6]
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -67,13 +67,21 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"{url} did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
+@contextmanager
+def running(command: list[str], url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """`command` as a process in the repository, once `url` answers; SIGTERM (then SIGKILL) on exit."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=30)
+        wait_until_up(url, process, log)
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def body(image: Path, indication: str | None, index: int = 0) -> dict:
@@ -89,17 +97,8 @@ def post(url: str, payload: dict | bytes) -> requests.Response:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray cluster with 2 CPUs for the whole module; yields its address."""
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=256 * 1024**2,
-        runtime_env=worker_runtime_env(),
-        logging_level="WARNING",
-    )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    with local_cluster(num_cpus=2, object_store_mb=256) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +109,8 @@ def service(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         sys.executable, "-m", "model_backend.serve", "--model", "demo", "--address", cluster, "--port", str(port),
         "--api-key", KEY, "--max-batch-size", "4", "--batch-wait-s", "0.5",
     ]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/health", process, log)
+    with running(command, f"http://127.0.0.1:{port}/health", log):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +124,8 @@ def app(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         sys.executable, "app.py", "--model", f"{service}/score", "--port", str(port),
         "--db", str(workdir / "reviews.sqlite"),
     ]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/", process, log)
+    with running(command, f"http://127.0.0.1:{port}/", log, env):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
