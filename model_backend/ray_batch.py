@@ -50,6 +50,7 @@ from model_backend.batch import (
     BatchError,
     BatchSummary,
     ContextSpec,
+    DoneLine,
     PlannedStudy,
     StudyResult,
     check_model,
@@ -174,7 +175,7 @@ def run_ray_batch(
 def _write_blocks(
     pipeline: ray.data.Dataset,
     out: Path,
-    done: dict,
+    done: dict[tuple[str, str], DoneLine],
     summary: BatchSummary,
     *,
     total: int,
@@ -202,8 +203,9 @@ def _write_blocks(
                 bar.update(len(results))
                 bar.set_postfix(errors=summary.errors, refresh=False)
     except ray.exceptions.RayError as exc:
+        reason = str(exc).strip().splitlines()[-1]  # Ray's message ends with the worker's own error
         raise BatchError(
-            f"the Ray run stopped ({type(exc).__name__}: {exc}); the lines written so far are kept in {out}, "
+            f"the Ray run stopped ({type(exc).__name__}: {reason}); the lines written so far are kept in {out}, "
             "run the same command again to resume"
         ) from exc
     finally:
