@@ -53,11 +53,11 @@ def generate_together(backend: Backend, calls: Sequence[GenerateCall]) -> list[O
     groups: dict[str, list[int]] = {}
     for position, (study, _) in enumerate(calls):
         groups.setdefault(study.images_key(), []).append(position)
-    outcomes: list[Outcome] = [BackendError("not run")] * len(calls)
+    outcomes: list[Outcome | None] = [None] * len(calls)
     for members in groups.values():
         for position, outcome in zip(members, _generate_group(backend, [calls[m] for m in members]), strict=True):
             outcomes[position] = outcome
-    return outcomes
+    return [o for o in outcomes if o is not None]
 
 
 def _generate_group(backend: Backend, calls: Sequence[GenerateCall]) -> list[Outcome]:

@@ -213,6 +213,7 @@ def test_generate_together_equals_one_call_per_request(tiny_backend: Backend) ->
 
 def test_generate_together_hands_each_failure_to_its_own_call(tiny_backend: Backend) -> None:
     blank = replace(random_study(3), frontal=xray_from_array(np.full((70, 60), 128)), study_id="blank")
-    outcomes = generate_together(tiny_backend, [(blank, [PromptContext()]), (random_study(4), [PromptContext()])])
-    assert isinstance(outcomes[0], BackendError)
+    calls = [(blank, [PromptContext()]), (random_study(4), [PromptContext()]), (blank, [PromptContext(name="b")])]
+    outcomes = generate_together(tiny_backend, calls)
+    assert isinstance(outcomes[0], BackendError) and isinstance(outcomes[2], BackendError)
     assert not isinstance(outcomes[1], Exception) and outcomes[1][0].study_id == "study-4"
