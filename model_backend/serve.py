@@ -6,8 +6,8 @@
 `POST /score` is the app's own: every replica serves `scoring.make_router`, so the protocol,
 validation, error bodies, key check and body limit are exactly those of the app's `/score`.
 `GET /health` answers once a replica is up, with its batching counts. Each replica builds its
-backend once, in its constructor. The key comes from `--api-key` or `$CXR_REVIEW_API_KEY`
-(without one the endpoint is open: keep it on loopback).
+backend once, in its constructor. The key comes from `--api-key` or `$CXR_REVIEW_API_KEY`;
+without one the endpoint is open, so the service then refuses to listen beyond loopback.
 
 Dynamic batching: the router hands each study of a request to `backend.generate`; in a replica that
 call joins a `@serve.batch` queue (up to `--max-batch-size` calls, waiting at most `--batch-wait-s`
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
@@ -144,6 +145,13 @@ class ScoringReplica:
         return await asyncio.to_thread(generate_together, self.backend, calls)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def start_service(args: argparse.Namespace) -> str:
     """Deploy the scoring app on the connected cluster; returns its URL once every replica is up."""
     problem = shortfall(args.replicas * 1.0, args.replicas * args.gpus_per_replica)
@@ -178,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--replicas and --max-batch-size take positive numbers; --gpus-per-replica, --batch-wait-s >= 0")
     if args.api_key is not None and not args.api_key.strip():
         parser.error("the API key is empty; give a key or none for an open endpoint")
+    if args.api_key is None and not _is_loopback(args.host):
+        parser.error(f"an open POST /score on {args.host} would let anyone run the model: give --api-key KEY")
     connected = connect(args.address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after connecting: Ray installs a handler of its own
