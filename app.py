@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -26,6 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth-file", default=None, help="file with one USER:PASS per line")
     parser.add_argument("--api-key", default=os.environ.get("CXR_REVIEW_API_KEY"), help="key for POST /score")
     parser.add_argument("--results", default=None, help="batch results JSONL for the dashboard (default: replay file)")
+    parser.add_argument(
+        "--pregenerate", type=int, default=2, metavar="N",
+        help="generate the next N studies of the list in the background while you review (0: off)",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu / cuda (default: automatic)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
     return parser.parse_args(argv)
@@ -45,35 +50,60 @@ def read_auth(pairs: list[str], auth_file: str | None) -> list[tuple[str, str]]:
     return credentials
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name to listen on) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scoring_refusal(host: str, share: bool, api_key: str | None, credentials: list[tuple[str, str]]) -> str | None:
+    """Why `POST /score` must not be served on this configuration (open to the network), or None."""
+    if api_key or credentials or (is_loopback(host) and not share):
+        return None
+    where = "through a share link" if share else f"on {host}"
+    return (
+        f"POST /score is NOT served: the app listens {where} without --api-key or --auth, so anyone who can "
+        "reach it could run the model. Add --api-key KEY (or $CXR_REVIEW_API_KEY) or --auth USER:PASS."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from model_backend.backends import BackendError, load_backend
     from model_backend.datasets import DatasetError, bundled_samples_path, load_manifest
-    from model_backend.scoring import make_router
-    from webapp.reviews import DEFAULT_DB_NAME, ReviewStore
-    from webapp.ui import AppContext, build_app, launch_settings
+    from model_backend.scoring import RouteAccess, make_router
+    from webapp.database import Database, ReviewStoreError
+    from webapp.reviews import DEFAULT_DB_NAME
+    from webapp.services import AppServices
+    from webapp.ui import build_app, launch_settings
 
     try:
         backend = load_backend(args.model, **{k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v})
         dataset = load_manifest(args.data or bundled_samples_path())
-    except (BackendError, DatasetError, OSError) as err:
+        db_path = Path(args.db) if args.db else dataset.root / DEFAULT_DB_NAME
+        db = Database(db_path)
+    except (BackendError, DatasetError, ReviewStoreError, OSError) as err:
         sys.exit(f"error: {err}")
-    db_path = Path(args.db) if args.db else dataset.root / DEFAULT_DB_NAME
-    reviews = ReviewStore(db_path)
     credentials = read_auth(args.auth, args.auth_file)
     results = args.results or (args.model.removeprefix("replay:") if args.model.startswith("replay:") else None)
-    context = AppContext(
-        backend=backend,
-        dataset=dataset,
-        reviews=reviews,
-        auth_enabled=bool(credentials),
+    services = AppServices(
+        backend, dataset, db, pregenerate=args.pregenerate, auth_enabled=bool(credentials),
         results_path=Path(results) if results else None,
-        manifest_path=dataset.manifest_path,
-    )
-    demo = build_app(context)
-    log.info("backend %s (%s) on %s; dataset %s; reviews in %s", backend.info.name, backend.info.model_id,
-             backend.info.device, dataset.name, db_path)  # fmt: skip
+    )  # fmt: skip
+    if services.results_path is not None:
+        try:
+            services.reports.import_results(services.results_path, dataset.name)
+        except (OSError, ValueError) as err:
+            log.warning("could not import the results file %s into the report store: %s", services.results_path, err)
+    demo = build_app(services)
+    log.info("backend %s (%s, weights %s) on %s; dataset %s; reviews in %s", backend.info.name,
+             backend.info.model_id, backend.info.weights_hash or "unknown", backend.info.device, dataset.name,
+             db_path)  # fmt: skip
     launch = {
         "server_name": args.host,
         "server_port": args.port,
@@ -89,8 +119,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         log.warning("could not create a share link (%s); serving locally only", err)
         demo.launch(share=False, **launch)
-    demo.app.include_router(make_router(backend, args.api_key))
-    log.info("scoring endpoint: POST http://%s:%d/score", args.host, args.port)
+    refusal = scoring_refusal(args.host, args.share, args.api_key, credentials)
+    if refusal:
+        log.warning("%s", refusal)
+    else:
+        demo.app.include_router(make_router(backend, RouteAccess(args.api_key or None, tuple(credentials))))
+        log.info("scoring endpoint: POST http://%s:%d/score", args.host, args.port)
     demo.block_thread()
 
 

@@ -1,6 +1,7 @@
 """Generate reports for every study of a manifest under named prompt contexts; resumable.
 
     python -m model_backend.batch --data MANIFEST --contexts CONTEXTS.yaml --model SPEC --out results.jsonl
+    python -m model_backend.batch --task box-completion --data MANIFEST --model SPEC --out boxes.jsonl
 
 Contexts file (JSON or YAML): a list of objects with a `name`, or a mapping name -> object. The
 other keys are `PromptContext` fields (indication, technique, comparison, prior_report,
@@ -10,17 +11,23 @@ study runs once under its own sections, as context "default".
 
 Output: one JSON line per (study, context), in manifest order x contexts order::
 
-    {"study_id", "context": {name + fields}, "context_key", "output" (protocol findings, list form,
-     model-frame boxes), "raw_text", "complete", "warnings", "image_width", "image_height",
+    {"study_id", "context": {name + fields}, "context_key", "task", "output" (protocol findings, list
+     form, model-frame boxes), "raw_text", "complete", "warnings", "image_width", "image_height",
      "model_id", "backend", "error": null | "message", "timings": {...}}
+
+`--task` is `reporting` (the default: the model writes the report; "task": "reporting") or
+`box-completion` ("task": "box_completion"): the study's reference findings are given to the model
+sentence by sentence and it writes only their boxes (`Backend.complete_boxes`); "output" then holds
+exactly the manifest's `reference_findings`, in their order, each with the model's boxes. A study
+without reference findings gets an error line. A backend that cannot do the task stops the run.
 
 A study that fails (unreadable image, model error) gets lines with "error" set and output null,
 and the run goes on; the exit status is then 1. Each line is flushed and fsync'ed as written, so
 a crash loses at most the line in flight. A second run with the same --out resumes: it drops a
 torn last line, skips (study, context) pairs already written (error lines included; delete them
-to retry) and refuses a file written by another model or other context settings. All contexts
-of a study go to the backend in one call (they share the image prefix); a study cut in half by
-a crash is generated again in full and only its missing lines are written.
+to retry) and refuses a file written by another model, for another task or with other context
+settings. All contexts of a study go to the backend in one call (they share the image prefix); a
+study cut in half by a crash is generated again in full and only its missing lines are written.
 
 Determinism: every field except "timings" depends only on the model, the manifest and the
 contexts file, so a killed and resumed run equals an uninterrupted one once "timings" (always
@@ -47,11 +54,12 @@ import yaml
 from tqdm import tqdm
 
 from model_backend.backends import load_backend
-from model_backend.backends.base import Backend, BackendError
+from model_backend.backends.base import BOX_COMPLETION, REPORTING, Backend, BackendError, UnsupportedTaskError
 from model_backend.datasets import Dataset, DatasetError, StudyEntry, load_manifest
 from model_backend.protocol import report_to_output
 from model_backend.types import PromptContext, Report, Study
 
+TASKS = {"reporting": REPORTING, "box-completion": BOX_COMPLETION}  # --task -> the lines' "task"
 _TEXT_FIELDS = ("indication", "technique", "comparison", "prior_report")
 _BOOL_FIELDS = ("use_lateral", "use_prior", "grounded")
 assert {f.name for f in fields(PromptContext)} == {"name", *_TEXT_FIELDS, *_BOOL_FIELDS}
@@ -70,8 +78,9 @@ class ContextSpec:
     from_study: bool = True
 
     def resolve(self, entry: StudyEntry) -> PromptContext:
+        """This context for one study; lateral / prior switched off where the study has no such view."""
         base = entry.context() if self.from_study else PromptContext()
-        return replace(base, name=self.name, **dict(self.overrides))
+        return entry.effective_context(replace(base, name=self.name, **dict(self.overrides)))
 
 
 def _parse_spec(name: Any, raw: Any, where: str) -> ContextSpec:
@@ -131,6 +140,7 @@ class DoneLine:
     line: int
     context_key: str | None
     model_id: str | None
+    task: str
 
 
 def read_done(path: Path) -> dict[tuple[str, str], DoneLine]:
@@ -148,7 +158,7 @@ def read_done(path: Path) -> dict[tuple[str, str], DoneLine]:
             raise BatchError(
                 f"{path}:{number} is not a results line ({exc}); use a new --out file or repair this one"
             ) from exc
-        done[key] = DoneLine(number, record.get("context_key"), record.get("model_id"))
+        done[key] = DoneLine(number, record.get("context_key"), record.get("model_id"), record.get("task") or REPORTING)
     if end < len(data):
         with path.open("r+b") as handle:
             handle.truncate(end)
@@ -157,13 +167,20 @@ def read_done(path: Path) -> dict[tuple[str, str], DoneLine]:
 
 
 def result_line(
-    study_id: str, context: PromptContext, backend: Backend, report: Report | None, error: str | None, timings: dict
+    study_id: str,
+    context: PromptContext,
+    task: str,
+    backend: Backend,
+    report: Report | None,
+    error: str | None,
+    timings: dict,
 ) -> dict[str, Any]:
     """One results line (key order fixed; "timings" last)."""
     return {
         "study_id": study_id,
         "context": asdict(context),
         "context_key": context.key(),
+        "task": task,
         "output": None if report is None else report_to_output(report),
         "raw_text": None if report is None else report.raw_text,
         "complete": report is not None and report.complete,
@@ -269,7 +286,12 @@ class BatchSummary:
         )
 
 
-def _check_context(done: DoneLine, study_id: str, context: PromptContext, path: Path) -> None:
+def _check_resume(done: DoneLine, study_id: str, context: PromptContext, task: str, path: Path) -> None:
+    """Refuse a line written for another task or with other context settings (what a plan can check)."""
+    if done.task != task:
+        raise BatchError(
+            f"{path}:{done.line} was written for task {done.task!r}, this run is {task!r}; use a new --out file"
+        )
     if done.context_key is not None and done.context_key != context.key():
         raise BatchError(
             f"{path}:{done.line}: context {context.name!r} of study {study_id!r} was run with other settings; "
@@ -288,11 +310,11 @@ def check_model(done: dict[tuple[str, str], DoneLine], model_id: str, path: Path
 
 
 def plan_batch(
-    dataset: Dataset, specs: Sequence[ContextSpec], out: Path, *, limit: int | None = None
+    dataset: Dataset, specs: Sequence[ContextSpec], out: Path, *, limit: int | None = None, task: str = REPORTING
 ) -> tuple[list[PlannedStudy], dict[tuple[str, str], DoneLine]]:
     """Every study (manifest order) with its contexts and the ones `out` still lacks, and the lines already done.
 
-    Refuses a results file whose lines were written with other context settings.
+    Refuses a results file whose lines were written for another task or with other context settings.
     """
     entries = dataset.entries[:limit] if limit is not None else dataset.entries
     done = read_done(out)
@@ -301,7 +323,7 @@ def plan_batch(
         contexts = tuple(spec.resolve(entry) for spec in specs)
         for context in contexts:
             if (entry.study_id, context.name) in done:
-                _check_context(done[(entry.study_id, context.name)], entry.study_id, context, out)
+                _check_resume(done[(entry.study_id, context.name)], entry.study_id, context, task, out)
         pending = tuple(c for c in contexts if (entry.study_id, c.name) not in done)
         plan.append(PlannedStudy(entry, contexts, pending))
     return plan, done
@@ -315,9 +337,10 @@ def run_batch(
     *,
     limit: int | None = None,
     progress: bool = True,
+    task: str = REPORTING,
 ) -> BatchSummary:
     """Generate and append the missing lines of `out`; see the module docstring for the format."""
-    plan, done = plan_batch(dataset, specs, out, limit=limit)
+    plan, done = plan_batch(dataset, specs, out, limit=limit, task=task)
     check_model(done, backend.info.model_id, out)
     summary = BatchSummary(skipped=sum(1 for planned in plan if not planned.pending))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +350,7 @@ def run_batch(
         for planned in plan:
             if not planned.pending:
                 continue
-            result = _run_study(dataset, planned, backend)
+            result = _run_study(dataset, planned, backend, task)
             began = time.perf_counter()
             for line in result.lines:
                 handle.write(json.dumps(line).encode() + b"\n")
@@ -341,9 +364,9 @@ def run_batch(
     return summary
 
 
-def _run_study(dataset: Dataset, planned: PlannedStudy, backend: Backend) -> StudyResult:
+def _run_study(dataset: Dataset, planned: PlannedStudy, backend: Backend, task: str) -> StudyResult:
     """All contexts of one study in one backend call; lines for the pending ones (error lines on failure)."""
-    return generate_lines(planned, load_study(dataset, planned.entry.study_id), backend)
+    return generate_lines(planned, load_study(dataset, planned.entry.study_id), backend, task)
 
 
 def load_study(dataset: Dataset, study_id: str) -> LoadedStudy:
@@ -356,28 +379,41 @@ def load_study(dataset: Dataset, study_id: str) -> LoadedStudy:
     return LoadedStudy(study, None, time.perf_counter() - began)
 
 
-def generate_lines(planned: PlannedStudy, loaded: LoadedStudy, backend: Backend) -> StudyResult:
-    """Generate a decoded study under all its contexts in one backend call; lines for the pending contexts."""
+def generate_lines(planned: PlannedStudy, loaded: LoadedStudy, backend: Backend, task: str) -> StudyResult:
+    """Run `task` on a decoded study, all its contexts in one backend call; lines for the pending contexts.
+
+    Raises `UnsupportedTaskError` (no study can succeed: the run stops); any other failure becomes error lines."""
     study_id = planned.entry.study_id
     if loaded.study is None:
-        lines = [result_line(study_id, c, backend, None, loaded.error, {}) for c in planned.pending]
+        lines = [result_line(study_id, c, task, backend, None, loaded.error, {}) for c in planned.pending]
         return StudyResult(study_id, lines, loaded.load_s, 0.0, loaded.error)
     timings = {"load_s": round(loaded.load_s, 4)}
     began = time.perf_counter()
     try:
-        reports = backend.generate(loaded.study, list(planned.contexts))
+        reports = _run_task(backend, task, loaded.study, list(planned.contexts))
+    except UnsupportedTaskError:
+        raise
     except Exception as exc:  # one bad study must not stop the run; its lines record what happened
         message = _error_message(exc)
-        lines = [result_line(study_id, c, backend, None, message, timings) for c in planned.pending]
+        lines = [result_line(study_id, c, task, backend, None, message, timings) for c in planned.pending]
         return StudyResult(study_id, lines, loaded.load_s, time.perf_counter() - began, message)
     generate_s = time.perf_counter() - began
     timings["generate_s"] = round(generate_s, 4)
     by_name = {r.context.name: r for r in reports}
     lines = [
-        result_line(study_id, c, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)})
+        result_line(
+            study_id, c, task, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)}
+        )
         for c in planned.pending
     ]
     return StudyResult(study_id, lines, loaded.load_s, generate_s, None)
+
+
+def _run_task(backend: Backend, task: str, study: Study, contexts: list[PromptContext]) -> list[Report]:
+    """One backend call for all contexts of a study: reports, or box completions of its reference findings."""
+    if task == BOX_COMPLETION:
+        return backend.complete_boxes(study, study.reference_findings, contexts)
+    return backend.generate(study, contexts)
 
 
 def _error_message(exc: Exception) -> str:
@@ -393,7 +429,7 @@ def _run_on_ray(args: argparse.Namespace, dataset: Dataset, specs: list[ContextS
     ray_options = RayOptions(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
     return run_ray_batch(
         dataset, specs, args.model, args.out, ray_options,
-        backend_options=options, limit=args.limit, progress=not args.no_progress,
+        backend_options=options, limit=args.limit, progress=not args.no_progress, task=TASKS[args.task],
     )  # fmt: skip
 
 
@@ -407,6 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="demo", help="demo, a snapshot folder, hub id, http(s)://.../score, ...")
     parser.add_argument("--out", type=Path, required=True, help="results JSONL (appended to when it exists)")
+    parser.add_argument(
+        "--task", choices=sorted(TASKS), default="reporting",
+        help="reporting (default), or box-completion: boxes for the manifest's reference findings",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="only the first N studies of the manifest")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap generated tokens (local models only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -441,7 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend = load_backend(args.model, **backend_options)
             ready = f"model {backend.info.model_id} ({backend.info.name}) ready in {time.perf_counter() - began:.1f} s"
             print(ready, file=sys.stderr)
-            summary = run_batch(dataset, specs, backend, args.out, limit=args.limit, progress=not args.no_progress)
+            summary = run_batch(
+                dataset, specs, backend, args.out, limit=args.limit, progress=not args.no_progress,
+                task=TASKS[args.task],
+            )  # fmt: skip
     except (BatchError, DatasetError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from model_backend.images import load_image_path
-from model_backend.types import Box, PromptContext, ReferenceBox, Study, XrayImage
+from model_backend.types import Box, PromptContext, ReferenceBox, Study, XrayImage, available_views
 
 MANIFEST_NAMES = ("studies.jsonl", "studies.csv")
 SECTIONS = ("indication", "technique", "comparison", "prior_report")
 IMAGE_FIELDS = ("frontal", "lateral", "prior_frontal")
 BOX_FRAMES = ("pixel", "normalized")
+MAX_PATH_CHARS = 1024
+MAX_STUDY_ID_CHARS = 200
 
 
 class DatasetError(ValueError):
@@ -78,6 +80,10 @@ class StudyEntry:
             prior_report=self.prior_report,
         )
 
+    def effective_context(self, context: PromptContext) -> PromptContext:
+        """`context` with the lateral / prior switches off where this row names no such image."""
+        return available_views(context, self.lateral is not None, self.prior_frontal is not None)
+
     def search_text(self) -> str:
         parts = [self.study_id, *(getattr(self, s) or "" for s in SECTIONS), *self.reference_findings]
         parts += [b.label for b in self.reference_boxes] + [self.attribution]
@@ -109,6 +115,9 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __contains__(self, study_id: object) -> bool:
+        return study_id in self._by_id
 
     def entry(self, study_id: str) -> StudyEntry:
         try:
@@ -243,15 +252,24 @@ def _parse_row(row: dict[str, Any], root: Path) -> StudyEntry:
     study_id = _text(row, "study_id")
     if not study_id:
         raise ValueError("study_id is missing")
+    if len(study_id) > MAX_STUDY_ID_CHARS:
+        raise ValueError(f"study_id {_shorten(study_id)} is longer than {MAX_STUDY_ID_CHARS} characters")
+    try:
+        return _parse_study(row, root, study_id)
+    except ValueError as exc:
+        raise ValueError(f"study {study_id!r}: {exc}") from None
+
+
+def _parse_study(row: dict[str, Any], root: Path, study_id: str) -> StudyEntry:
     paths = {f: _text(row, f) for f in IMAGE_FIELDS}
     if not paths["frontal"]:
-        raise ValueError(f"study {study_id!r}: frontal image path is missing")
+        raise ValueError("frontal image path is missing")
     for field_name, relative in paths.items():
         if relative:
             try:
                 _resolve_inside(root, relative)
             except DatasetError as exc:
-                raise ValueError(f"study {study_id!r}: {field_name}: {exc}") from None
+                raise ValueError(f"{field_name}: {exc}") from None
     return StudyEntry(
         study_id=study_id,
         frontal=paths["frontal"],  # type: ignore[arg-type]
@@ -270,6 +288,8 @@ def _text(row: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{key} must be text, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"{key} contains a NUL character at position {value.index(chr(0))}")
     return value.strip() or None
 
 
@@ -321,15 +341,31 @@ def _box(value: Any, index: int) -> ManifestBox:
 
 def _resolve_inside(root: Path, relative: str) -> Path:
     """root / relative, refusing absolute paths and anything (.. or a symlink) that leaves root."""
+    shown = _shorten(relative)
+    if "\x00" in relative:
+        raise DatasetError(f"path {shown} contains a NUL character")
+    if len(relative) > MAX_PATH_CHARS:
+        raise DatasetError(f"path {shown} is {len(relative):,} characters long; the limit is {MAX_PATH_CHARS:,}")
     candidate = Path(relative)
     if candidate.is_absolute() or candidate.drive or relative.startswith(("/", "\\")):
-        raise DatasetError(f"path {relative!r} must be relative to the manifest folder")
-    resolved = (root / candidate).resolve()
+        raise DatasetError(f"path {shown} must be relative to the manifest folder")
+    try:
+        resolved = (root / candidate).resolve()
+        is_file = resolved.is_file()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise DatasetError(f"path {shown} is a symbolic link loop") from None
+    except OSError as exc:  # name too long, loop (ELOOP), permission, ...
+        raise DatasetError(f"path {shown} cannot be used: {exc.strerror or type(exc).__name__}") from None
     if not resolved.is_relative_to(root):
-        raise DatasetError(f"path {relative!r} points outside the dataset folder")
-    if not resolved.is_file():
-        raise DatasetError(f"file {relative!r} not found")
+        raise DatasetError(f"path {shown} points outside the dataset folder")
+    if not is_file:
+        raise DatasetError(f"file {shown} not found")
     return resolved
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """`repr` of `text`, cut to about `limit` characters, for messages."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
 def _to_image_frame(entry_box: ManifestBox, frontal: XrayImage) -> ReferenceBox:

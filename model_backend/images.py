@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
 from model_backend.types import XrayImage
 
@@ -200,7 +201,10 @@ def _pillow_to_gray(im: Image.Image, label: str) -> tuple[np.ndarray, int]:
 
 def _load_dicom(data: bytes, label: str) -> XrayImage:
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data))
+        cut_short = any("end of file" in str(w.message).lower() for w in caught)
         has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
         frames = int(ds.get("NumberOfFrames") or 1)
         rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
@@ -213,6 +217,8 @@ def _load_dicom(data: bytes, label: str) -> XrayImage:
         tsyntax_name = str(getattr(tsyntax, "name", tsyntax))
     except Exception as exc:  # pydicom raises many types for malformed headers
         raise ImageLoadError("not_an_image", f"The DICOM file{label} cannot be parsed.") from exc
+    if cut_short:
+        raise ImageLoadError("truncated", f"The DICOM file{label} is truncated: it ends in the middle of an element.")
     if not has_pixels:
         raise ImageLoadError("no_pixel_data", f"The DICOM file{label} contains no image (no Pixel Data element).")
     if frames > 1:
@@ -220,9 +226,15 @@ def _load_dicom(data: bytes, label: str) -> XrayImage:
             "multi_frame", f"The DICOM file{label} has {frames} frames; only single-frame radiographs are supported."
         )
     _check_dimensions(cols, rows, label)
+    _check_native_pixel_length(ds, tsyntax, label)
     try:
         raw = ds.pixel_array
     except Exception as exc:  # missing decoder plug-in, corrupt codestream, ...
+        if _can_decode(tsyntax):
+            raise ImageLoadError(
+                "truncated",
+                f"The DICOM file{label} has compressed pixel data ({tsyntax_name}) that is corrupt or truncated.",
+            ) from exc
         raise ImageLoadError(
             "unsupported_transfer_syntax",
             f"The DICOM file{label} uses transfer syntax {tsyntax_name!r}, which cannot be decoded here.",
@@ -240,6 +252,33 @@ def _load_dicom(data: bytes, label: str) -> XrayImage:
         display = _window_array(voi, *_full_range_window(voi), invert)
         return _finish(pixels, bits, "dicom", window=window, label=label, display=display)
     return _finish(pixels, bits, "dicom", window=window, label=label, invert=invert)
+
+
+def _can_decode(tsyntax: object) -> bool:
+    """Whether pydicom has a working decoder for this transfer syntax (False for unknown ones)."""
+    try:
+        return bool(get_decoder(tsyntax).is_available)  # type: ignore[arg-type]
+    except Exception:  # unknown or missing UID
+        return False
+
+
+def _check_native_pixel_length(ds: pydicom.Dataset, tsyntax: object, label: str) -> None:
+    """Uncompressed Pixel Data must hold rows x columns x samples at BitsAllocated (one pad byte allowed)."""
+    if getattr(tsyntax, "is_compressed", True) or "PixelData" not in ds:
+        return
+    allocated = int(ds.get("BitsAllocated") or 0)
+    if allocated not in (8, 16, 32, 64):
+        return  # 1-bit and odd layouts: let pydicom judge
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * samples * allocated // 8
+    actual = len(ds.PixelData)
+    if actual < expected or actual > expected + 1:
+        kind = "truncated" if actual < expected else "wrongly sized"
+        raise ImageLoadError(
+            "truncated",
+            f"The DICOM file{label} is {kind}: its pixel data has {actual:,} bytes, but {ds.Rows}×{ds.Columns} "
+            f"pixels of {allocated} bits need {expected:,}.",
+        )
 
 
 def _dicom_window(centre: object, width: object) -> tuple[float, float] | None:

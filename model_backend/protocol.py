@@ -10,8 +10,11 @@ Request (pandas "split" layout, as in the CXRReportGen docs)::
 Columns are taken from `COLUMNS`; `frontal_image` is required. Images are base64 text as the docs'
 clients write it (`base64.encodebytes(...).decode("utf-8")`, so line breaks occur) of PNG or JPEG
 bytes. Extension: DICOM Part-10 files ("DICM" at byte offset 128) are accepted too. Text sections
-may be a string or missing (null, NaN or a blank string). At most `MAX_ROWS` rows per request; a
-missing `index` means 0..n-1.
+may be a string or missing (null, NaN or a blank string), at most
+`prompt_limits.MAX_SECTION_CHARS` characters of valid Unicode each. At most `MAX_ROWS` rows per
+request; a missing `index` means 0..n-1 (strings of at most `MAX_INDEX_CHARS` or integers).
+Integers longer than `MAX_INT_DIGITS` digits are refused where they stand (row and column named),
+and JSON nested too deeply for the parser is a 400, like any other malformed body.
 
 Response: a JSON list, one item per request row, ``{"output": findings}`` where findings is
 ``[[sentence, null | [[x_min, y_min, x_max, y_max], ...]], ...]`` with boxes in the MODEL frame
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from model_backend.prompt_limits import text_problem
 from model_backend.types import Box, Report
 
 IMAGE_COLUMNS = ("frontal_image", "lateral_image", "prior_image")
@@ -39,6 +43,8 @@ TEXT_COLUMNS = ("indication", "technique", "comparison", "prior_report")
 COLUMNS = IMAGE_COLUMNS + TEXT_COLUMNS
 MAX_ROWS = 10
 MAX_BYTES = 60_000_000
+MAX_INDEX_CHARS = 200
+MAX_INT_DIGITS = 30
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -60,10 +66,29 @@ class ProtocolError(ValueError):
             where.append(f"row {row!r}")
         if column is not None:
             where.append(f"column {column!r}")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
-        self.row = row
-        self.column = column
+        super().__init__(_printable(f"{', '.join(where)}: {message}" if where else message))
+        self.row = _printable(row) if isinstance(row, str) else row
+        self.column = None if column is None else _printable(column[:MAX_INDEX_CHARS])
         self.status = status
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates escaped (`\\udc80`), so that the error itself can be sent as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass(frozen=True)
+class HugeInteger:
+    """A JSON integer of more than `MAX_INT_DIGITS` digits, kept unparsed so validation can name its cell."""
+
+    digits: int
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    return HugeInteger(len(text.lstrip("-"))) if len(text) > MAX_INT_DIGITS else int(text)
 
 
 @dataclass(frozen=True)
@@ -84,9 +109,11 @@ def _load_json(body: bytes | str, max_bytes: int) -> Any:
     if len(body) > max_bytes:
         raise ProtocolError(f"payload is {len(body)} bytes, the limit is {max_bytes}", status=413)
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("body is JSON nested too deeply (arrays or objects inside each other)") from None
 
 
 def _is_missing(value: Any) -> bool:
@@ -99,7 +126,7 @@ def _is_missing(value: Any) -> bool:
 
 def _decode_image(value: Any, row: str | int, column: str) -> bytes:
     if not isinstance(value, str):
-        raise ProtocolError(f"expected base64 text, got {type(value).__name__}", row=row, column=column)
+        raise ProtocolError(f"expected base64 text, got {_kind(value)}", row=row, column=column)
     compact = value.encode("ascii", errors="replace").translate(None, _WHITESPACE)
     try:
         data = base64.b64decode(compact, validate=True)
@@ -114,8 +141,15 @@ def _decode_text(value: Any, row: str | int, column: str) -> str | None:
     if _is_missing(value):
         return None
     if not isinstance(value, str):
-        raise ProtocolError(f"expected text or null, got {type(value).__name__}", row=row, column=column)
+        raise ProtocolError(f"expected text or null, got {_kind(value)}", row=row, column=column)
+    problem = text_problem(value)
+    if problem is not None:
+        raise ProtocolError(f"the text {problem}", row=row, column=column)
     return value
+
+
+def _kind(value: Any) -> str:
+    return repr(value) if isinstance(value, HugeInteger) else type(value).__name__
 
 
 def _check_columns(columns: Any) -> list[str]:
@@ -140,7 +174,10 @@ def _check_index(index: Any, n_rows: int) -> list[str | int]:
         raise ProtocolError(f"input_data.index must be a list of {n_rows} values, one per data row")
     for value in index:
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ProtocolError(f"index values must be strings or integers, got {value!r}")
+            shown = repr(value) if isinstance(value, HugeInteger) else type(value).__name__
+            raise ProtocolError(f"index values must be strings or integers, got {shown}")
+        if isinstance(value, str) and (len(value) > MAX_INDEX_CHARS or text_problem(value)):
+            raise ProtocolError(f"index strings must be valid text of at most {MAX_INDEX_CHARS} characters")
     return index
 
 

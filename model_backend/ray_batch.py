@@ -10,11 +10,13 @@ resume from `--out`), then streams the pending studies through two `map_batches`
    the model, so a GPU never waits on PNG/DICOM decoding;
 2. `GenerateReports`: a fixed pool of `--workers` actors; each builds the backend once in its
    constructor (never in the driver, nothing model-sized is shipped from it) and runs the in-process
-   runner's per-study work (`batch.generate_lines`: all contexts of a study in one call).
+   runner's per-study work (`batch.generate_lines`: all contexts of a study in one call, for
+   `--task reporting` or `box-completion`).
 
 The driver appends each finished block's lines to `--out` in manifest order (Ray Data's
 `preserve_order`) and fsyncs once per block, so the file equals the in-process runner's and a
-killed driver resumes like it. A study that fails is recorded with its error. An actor that dies
+killed driver resumes like it. A study that fails is recorded with its error; a backend that
+cannot run the task at all (`UnsupportedTaskError`) stops the run, as in-process. An actor that dies
 (segfault, out of memory, node lost) is restarted and its batch retried, at most `MAX_RETRIES`
 times; past that the run stops with an error instead of hanging, keeping every line written.
 
@@ -46,6 +48,7 @@ from ray.util.annotations import RayDeprecationWarning
 from tqdm import tqdm
 
 from model_backend.backends import load_backend
+from model_backend.backends.base import REPORTING, UnsupportedTaskError
 from model_backend.batch import (
     BatchError,
     BatchSummary,
@@ -92,16 +95,25 @@ def decode_studies(batch: dict[str, np.ndarray], root: str, name: str) -> dict[s
 
 
 class GenerateReports:
-    """Model actor: builds the backend once, then generates a batch of decoded studies."""
+    """Model actor: builds the backend once, then runs the task on a batch of decoded studies."""
 
-    def __init__(self, model: str, backend_options: dict[str, Any]) -> None:
+    def __init__(self, model: str, backend_options: dict[str, Any], task: str) -> None:
         self.backend = load_backend(model, **backend_options)
+        self.task = task
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         planned: list[PlannedStudy] = _unpack(batch["planned"])
         loaded = _unpack(batch["loaded"])
-        results = [generate_lines(p, s, self.backend) for p, s in zip(planned, loaded, strict=True)]
-        return {"result": _pack(results), "model_id": np.array([self.backend.info.model_id] * len(results))}
+        try:
+            results = [generate_lines(p, s, self.backend, self.task) for p, s in zip(planned, loaded, strict=True)]
+            stops = [""] * len(results)
+        except UnsupportedTaskError as exc:  # no study can succeed: one row that tells the driver to stop
+            results, stops = [None], [str(exc)]
+        return {
+            "result": _pack(results),
+            "model_id": np.array([self.backend.info.model_id] * len(results)),
+            "stop": np.array(stops),
+        }
 
 
 def _check_resources(options: RayOptions) -> None:
@@ -116,7 +128,12 @@ def _check_resources(options: RayOptions) -> None:
 
 
 def build_pipeline(
-    todo: Sequence[PlannedStudy], dataset: Dataset, model: str, backend_options: dict, options: RayOptions
+    todo: Sequence[PlannedStudy],
+    dataset: Dataset,
+    model: str,
+    backend_options: dict,
+    options: RayOptions,
+    task: str = REPORTING,
 ) -> ray.data.Dataset:
     """Planned studies -> decoded in CPU tasks -> reports from the model actors (lazy; runs when iterated)."""
     context = ray.data.DataContext.get_current()
@@ -136,7 +153,7 @@ def build_pipeline(
             GenerateReports,
             batch_size=options.batch_size,
             compute=ray.data.ActorPoolStrategy(size=options.workers),
-            fn_constructor_kwargs={"model": model, "backend_options": backend_options},
+            fn_constructor_kwargs={"model": model, "backend_options": backend_options, "task": task},
             num_cpus=options.cpus_per_worker,
             num_gpus=options.gpus_per_worker,
             max_restarts=MAX_RETRIES,
@@ -154,9 +171,10 @@ def run_ray_batch(
     backend_options: dict[str, Any] | None = None,
     limit: int | None = None,
     progress: bool = True,
+    task: str = REPORTING,
 ) -> BatchSummary:
     """Generate and append the missing lines of `out` on Ray; same file format and resume as `batch.run_batch`."""
-    plan, done = plan_batch(dataset, specs, out, limit=limit)
+    plan, done = plan_batch(dataset, specs, out, limit=limit, task=task)
     todo = [p for p in plan if p.pending]
     summary = BatchSummary(skipped=len(plan) - len(todo), engine="Ray", workers=options.workers)
     if not todo:
@@ -164,7 +182,7 @@ def run_ray_batch(
     connected = connect(options.address)
     try:
         _check_resources(options)
-        pipeline = build_pipeline(todo, dataset, model, backend_options or {}, options)
+        pipeline = build_pipeline(todo, dataset, model, backend_options or {}, options, task)
         _write_blocks(pipeline, out, done, summary, total=len(plan), progress=progress)
     finally:
         if connected:
@@ -181,7 +199,9 @@ def _write_blocks(
     total: int,
     progress: bool,
 ) -> None:
-    """Append each finished block's lines (fsync per block) and count them; the first block checks the model."""
+    """Append each finished block's lines (fsync per block) and count them; the first block checks the model.
+
+    A block that says stop (the backend cannot run the task) ends the run with its message."""
     out.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=total, initial=summary.skipped, unit="study", file=sys.stderr, disable=not progress)
     start = time.perf_counter()
@@ -192,6 +212,9 @@ def _write_blocks(
                 if not checked:
                     check_model(done, str(block["model_id"][0]), out)
                     checked = True
+                stops = [str(message) for message in block["stop"] if message]
+                if stops:
+                    raise BatchError(stops[0])
                 results: list[StudyResult] = _unpack(block["result"])
                 began = time.perf_counter()
                 handle.write(b"".join(json.dumps(line).encode() + b"\n" for r in results for line in r.lines))

@@ -5,22 +5,27 @@ each row's images, run the backend, encode the answer. Rows whose images are ide
 backend together (one call, several contexts), so they share the image prefix. Every context is
 grounded, as CXRReportGen's output always is.
 
-`make_router` wraps `score` as `POST /score` for FastAPI (the Gradio app mounts it): API key
-check (`Authorization: Bearer KEY` or `api-key: KEY`), a body size limit answered with 413
-before the body is read in full, and the blocking model call in a worker thread so the event
-loop keeps serving the UI.
+`make_router` wraps `score` as `POST /score` for FastAPI (the Gradio app mounts it): access
+check (`RouteAccess`: the API key as `Authorization: Bearer KEY` or `api-key: KEY`, or one of the
+app's `--auth` credentials as HTTP Basic), a body size limit answered with 413 before the body is
+read in full, and the blocking model call in a worker thread so the event loop keeps serving the UI.
+Every error is a JSON body `{"error": {"message", "row", "column"}}`, never a plain-text 500.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from model_backend.backends.base import Backend, BackendError
+from model_backend.backends.base import Backend, BackendError, PromptError
 from model_backend.images import ImageLoadError, load_image_bytes
 from model_backend.protocol import (
     MAX_BYTES,
@@ -32,6 +37,7 @@ from model_backend.protocol import (
 )
 from model_backend.types import PromptContext, Report, Study, XrayImage
 
+log = logging.getLogger(__name__)
 _IMAGE_FIELDS = (("frontal_image", "frontal"), ("lateral_image", "lateral"), ("prior_image", "prior_frontal"))
 
 
@@ -46,9 +52,10 @@ def _row_images(row: ScoringRow) -> dict[str, XrayImage | None]:
     return images
 
 
-def _row_context(row: ScoringRow) -> PromptContext:
+def _row_context(row: ScoringRow, position: int) -> PromptContext:
+    """The row's prompt context, named by the row's position (index values need not be distinct)."""
     return PromptContext(
-        name=str(row.index),
+        name=str(position),
         indication=row.indication,
         technique=row.technique,
         comparison=row.comparison,
@@ -71,7 +78,7 @@ def generate_rows(rows: Sequence[ScoringRow], backend: Backend) -> list[Report]:
         groups[key][1].append(position)
     reports: list[Report | None] = [None] * len(rows)
     for study, positions in groups.values():
-        contexts = [_row_context(rows[p]) for p in positions]
+        contexts = [_row_context(rows[p], p) for p in positions]
         for position, report in zip(positions, backend.generate(study, contexts), strict=True):
             reports[position] = report
     return [r for r in reports if r is not None]
@@ -79,26 +86,78 @@ def generate_rows(rows: Sequence[ScoringRow], backend: Backend) -> list[Report]:
 
 def score(body: bytes | str | dict, backend: Backend, *, max_bytes: int = MAX_BYTES) -> tuple[int, list | dict]:
     """A scoring request -> (HTTP status, JSON answer): 200 with one `{"output": ...}` per row, else an error body."""
+    rows: list[ScoringRow] = []
     try:
         rows = decode_request(body, max_bytes=max_bytes)
         reports = generate_rows(rows, backend)
     except ProtocolError as exc:
         return exc.status, error_body(exc)
+    except PromptError as exc:
+        position = int(exc.context_name) if (exc.context_name or "").isdigit() else None
+        row = rows[position].index if position is not None and position < len(rows) else None
+        column = "prior_image" if exc.field == "prior_frontal" else exc.field
+        return 400, error_body(ProtocolError(str(exc), row=row, column=column))
     except BackendError as exc:
-        return 500, {"error": {"message": f"the model failed: {exc}", "row": None, "column": None}}
+        log.warning("scoring: the backend failed: %s", exc)
+        return 500, {"error": {"message": "the model failed on this request; see the server log", "row": None,
+                               "column": None}}  # fmt: skip
     return 200, encode_response(reports)
 
 
-def _authorised(request: Request, api_key: str) -> bool:
-    expected = api_key.encode()
-    bearer = request.headers.get("authorization", "")
-    scheme, _, token = bearer.partition(" ")
-    candidates = [request.headers.get("api-key", "")]
-    if scheme.lower() == "bearer":
-        candidates.append(token.strip())
-    # Compare every candidate (no early exit) so timing does not tell which header was checked.
-    results = [hmac.compare_digest(c.encode(), expected) for c in candidates]
-    return any(results)
+@dataclass(frozen=True)
+class RouteAccess:
+    """Who may call the app's own HTTP routes: holders of `api_key` (Bearer / `api-key` header) and,
+    when the UI has a login, the same users with HTTP Basic. Nobody configured = an open route."""
+
+    api_key: str | None = None
+    credentials: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the scoring API key is empty; give a key or None for an open endpoint")
+
+    @property
+    def open(self) -> bool:
+        return self.api_key is None and not self.credentials
+
+    def allows(self, request: Request) -> bool:
+        """Constant-time checks of every presented credential (no early exit, so timing tells nothing)."""
+        if self.open:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        results = []
+        if self.api_key is not None:
+            candidates = [request.headers.get("api-key", "")] + ([token.strip()] if scheme.lower() == "bearer" else [])
+            results += [hmac.compare_digest(c.encode(), self.api_key.encode()) for c in candidates]
+        if self.credentials and scheme.lower() == "basic":
+            user, password = _basic_credentials(token.strip())
+            results += [
+                hmac.compare_digest(user.encode(), u.encode()) & hmac.compare_digest(password.encode(), p.encode())
+                for u, p in self.credentials
+            ]
+        return any(results)
+
+    def challenge(self) -> str:
+        """What a 401 answer asks for."""
+        schemes = (["Bearer"] if self.api_key is not None else []) + (["Basic"] if self.credentials else [])
+        return ", ".join(f'{s} realm="cxr-review"' if s == "Basic" else s for s in schemes)
+
+    def refusal(self) -> str:
+        ways = []
+        if self.api_key is not None:
+            ways.append("the API key as 'Authorization: Bearer KEY' or 'api-key: KEY'")
+        if self.credentials:
+            ways.append("your login as HTTP Basic ('curl -u USER:PASS')")
+        return "missing or wrong API key or login: send " + " or ".join(ways)
+
+
+def _basic_credentials(token: str) -> tuple[str, str]:
+    try:
+        user, _, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    return user, password
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -119,22 +178,33 @@ async def _read_body(request: Request, max_bytes: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def make_router(backend: Backend, api_key: str | None, *, max_bytes: int = MAX_BYTES) -> APIRouter:
-    """`POST /score` speaking the CXRReportGen protocol; `api_key=None` leaves it open (loopback use only)."""
-    if api_key is not None and not api_key.strip():
-        raise ValueError("the scoring API key is empty; give a key or None for an open endpoint")
+def make_router(backend: Backend, access: RouteAccess | str | None, *, max_bytes: int = MAX_BYTES) -> APIRouter:
+    """`POST /score` speaking the CXRReportGen protocol; an open `RouteAccess` (or None) is for loopback only.
+
+    A plain string is taken as the API key."""
+    if not isinstance(access, RouteAccess):
+        access = RouteAccess(api_key=access)
     router = APIRouter()
 
     @router.post("/score")
     async def score_route(request: Request) -> JSONResponse:
-        if api_key is not None and not _authorised(request, api_key):
-            response = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY' or 'api-key: KEY'")
-            response.headers["WWW-Authenticate"] = "Bearer"
+        if not access.allows(request):
+            log.warning("scoring: refused a request without valid credentials from %s", _client(request))
+            response = _error(401, access.refusal())
+            response.headers["WWW-Authenticate"] = access.challenge()
             return response
         body = await _read_body(request, max_bytes)
         if body is None:
             return _error(413, f"the request body is larger than the limit of {max_bytes} bytes")
-        status, payload = await run_in_threadpool(score, body, backend, max_bytes=max_bytes)
+        try:
+            status, payload = await run_in_threadpool(score, body, backend, max_bytes=max_bytes)
+        except Exception:  # a bug must still answer JSON, and the server keeps serving
+            log.exception("scoring: unexpected failure")
+            return _error(500, "internal error while scoring; see the server log")
         return JSONResponse(payload, status_code=status)
 
     return router
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "an unknown client"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,11 @@ class PromptContext:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def available_views(context: PromptContext, has_lateral: bool, has_prior: bool) -> PromptContext:
+    """`context` with `use_lateral` / `use_prior` switched off when the study lacks that view."""
+    return replace(context, use_lateral=context.use_lateral and has_lateral, use_prior=context.use_prior and has_prior)
+
+
 @dataclass(frozen=True)
 class ReferenceBox:
     """A reference (e.g. radiologist) box in the image frame, in pixels of the frontal image."""
@@ -116,6 +122,11 @@ class Study:
     reference_findings: tuple[str, ...] = ()
     reference_boxes: tuple[ReferenceBox, ...] = ()
     attribution: str = ""
+
+    def effective_context(self, context: PromptContext) -> PromptContext:
+        """`context` with the lateral / prior switches off where this study has no such view, so the
+        same prompt always has the same settings (and the same `PromptContext.key()`)."""
+        return available_views(context, self.lateral is not None, self.prior_frontal is not None)
 
     def images_key(self) -> str:
         """Content hash of the images (frontal, lateral, prior), for report ids and caches."""
@@ -145,6 +156,14 @@ class BackendInfo:
     dtype: str = "float32"
     is_demo: bool = False
     can_ground_phrases: bool = True
+    weights_hash: str = ""  # `model_backend.weights_digest` of the weights ("" when unknown, e.g. remote)
+
+    @property
+    def label(self) -> str:
+        """The model as people should see it: a folder's name (never its path on this server), a hub id or URL."""
+        if self.model_id.startswith(("/", "~", ".")) or "\\" in self.model_id:
+            return Path(self.model_id).name or self.model_id
+        return self.model_id
 
 
 @dataclass(frozen=True)
@@ -170,9 +189,14 @@ class Report:
 
     @property
     def report_id(self) -> str:
-        """Stable hash of backend + model id + context + images: the key reviews attach to."""
-        payload = "|".join([self.backend.name, self.backend.model_id, self.context.key(), self.images_key, self.task])
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """Content hash of what was generated and by what: backend, model id, weights, prompt context, images,
+        task and the output itself (raw text and parsed findings). Verdicts attach to it, so a verdict can only
+        ever refer to exactly these findings; generating the same output again gives the same id."""
+        findings = [[f.text, None if f.model_boxes is None else [b.as_tuple() for b in f.model_boxes]]
+                    for f in self.findings]  # fmt: skip
+        payload = [self.backend.name, self.backend.model_id, self.backend.weights_hash, self.context.key(),
+                   self.images_key, self.task, self.raw_text, findings]  # fmt: skip
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
     def timing(self, name: str) -> float | None:
         return dict(self.timings).get(name)
@@ -197,3 +221,26 @@ class Report:
             "timings": dict(self.timings),
             "task": self.task,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Inverse of `to_dict` (the `report_id` key, derived, is ignored)."""
+        findings = tuple(
+            Finding(text, None if boxes is None else tuple(Box(*map(float, b)) for b in boxes))
+            for text, boxes in data["findings"]
+        )
+        backend_fields = {k: v for k, v in data["backend"].items() if k in BackendInfo.__dataclass_fields__}
+        return cls(
+            study_id=data["study_id"],
+            context=PromptContext(**data["context"]),
+            findings=findings,
+            image_width=int(data["image_width"]),
+            image_height=int(data["image_height"]),
+            raw_text=data["raw_text"],
+            complete=bool(data["complete"]),
+            backend=BackendInfo(**backend_fields),
+            images_key=data.get("images_key", ""),
+            warnings=tuple(data.get("warnings", ())),
+            timings=tuple((str(k), float(v)) for k, v in data.get("timings", {}).items()),
+            task=data.get("task", "reporting"),
+        )

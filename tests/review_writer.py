@@ -1,8 +1,9 @@
 """Subprocess helper for tests/test_reviews.py: saves finding verdicts and prints each acknowledged event id.
 
-Usage: python tests/review_writer.py DB REVIEWER COUNT [--comment-kb N] [--wait]
-With --wait it prints "ready" after opening the store and starts only when a line arrives on stdin,
-so that several writers can be released at the same moment.
+Usage: python tests/review_writer.py DB REVIEWER COUNT [--comment-kb N] [--lockstep]
+With --lockstep it prints "ready" after opening the store, then saves one verdict per line that
+arrives on stdin: a test that feeds several writers one line each per round makes them contend
+for the database in every round, so their writes interleave by construction.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ def main() -> None:
     parser.add_argument("reviewer")
     parser.add_argument("count", type=int)
     parser.add_argument("--comment-kb", type=int, default=0)
-    parser.add_argument("--wait", action="store_true")
+    parser.add_argument("--lockstep", action="store_true")
     args = parser.parse_args()
     with ReviewStore(args.db) as store:
-        if args.wait:
+        if args.lockstep:
             print("ready", flush=True)
-            sys.stdin.readline()
         for i in range(args.count):
+            if args.lockstep and not sys.stdin.readline():
+                return
             event_id = store.save_finding_verdict(
                 args.reviewer, "ds", study_of(i), "r1", i, verdict(args.reviewer, i, args.comment_kb)
             )

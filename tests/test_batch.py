@@ -111,8 +111,13 @@ def test_contexts_file_forms(tmp_path: Path, dataset_dir: Path) -> None:
     specs = load_contexts(dataset_dir / "contexts.yaml")
     entry = load_manifest(dataset_dir).entries[1]
     default, no_indication, frontal_only = (s.resolve(entry) for s in specs)
-    assert default == PromptContext(name="default", indication="Reason 1.", technique="PA and lateral.")
-    assert no_indication == PromptContext(name="no_indication", indication=None, technique="PA and lateral.")
+    assert entry.prior_frontal is None  # so every context of this study has the prior switched off
+    assert default == PromptContext(
+        name="default", indication="Reason 1.", technique="PA and lateral.", use_prior=False
+    )
+    assert no_indication == PromptContext(
+        name="no_indication", indication=None, technique="PA and lateral.", use_prior=False
+    )
     assert frontal_only == PromptContext(name="frontal_only", technique="PA view.", use_lateral=False, use_prior=False)
     as_list = tmp_path / "c.json"
     as_list.write_text(json.dumps([{"name": "A"}, {"name": "B", "grounded": False}]), encoding="utf-8")
@@ -150,10 +155,10 @@ def test_lines_follow_the_format_and_replay(reference: Path, dataset_dir: Path, 
     ]
     first = records[0]
     assert list(first) == [
-        "study_id", "context", "context_key", "output", "raw_text", "complete", "warnings",
+        "study_id", "context", "context_key", "task", "output", "raw_text", "complete", "warnings",
         "image_width", "image_height", "model_id", "backend", "error", "timings",
     ]  # fmt: skip
-    assert first["context_key"] == PromptContext(**first["context"]).key()
+    assert first["context_key"] == PromptContext(**first["context"]).key() and first["task"] == "reporting"
     assert (first["image_width"], first["image_height"]) == (80, 96)
     assert first["backend"] == "local" and first["model_id"] == backend.info.model_id and first["error"] is None
     assert {"load_s", "generate_s"} <= set(first["timings"])

@@ -248,3 +248,44 @@ def test_manifest_level_errors(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "studies.jsonl", [{"study_id": "a", "frontal": "a.png"}])
     with pytest.raises(DatasetError, match="'zzz' is not in dataset"):
         load_manifest(tmp_path).load_study("zzz")
+
+
+# --- hostile rows: reported and skipped, never fatal ------------------------------------------
+
+
+def hostile_manifest(tmp_path: Path, suffix: str) -> Path:
+    write_png(tmp_path / "ok.png", 80, 70)
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    rows = [
+        {"study_id": "good", "frontal": "ok.png"},
+        {"study_id": "long", "frontal": "d/" * 3000 + "x.png"},
+        {"study_id": "loop", "frontal": "loop_a"},
+        {"study_id": "nulpath", "frontal": "ok\x00.png"},
+        {"study_id": "nultext", "frontal": "ok.png", "indication": "cough\x00"},
+        {"study_id": "x" * 300, "frontal": "ok.png"},
+    ]
+    if suffix == ".jsonl":
+        return write_jsonl(tmp_path / "studies.jsonl", rows)
+    path = tmp_path / "studies.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_hostile_rows_are_reported_with_study_and_field_and_the_rest_loads(tmp_path: Path, suffix: str) -> None:
+    dataset = load_manifest(hostile_manifest(tmp_path, suffix))
+    assert [e.study_id for e in dataset.entries] == ["good"]
+    messages = [e.message for e in dataset.errors]
+    assert len(messages) == 5
+    long, loop, nul_path, nul_text, long_id = messages
+    assert long.startswith("study 'long': frontal: path 'd/d/") and "6,005 characters long" in long
+    assert loop == "study 'loop': frontal: path 'loop_a' is a symbolic link loop"
+    assert nul_path == "study 'nulpath': frontal contains a NUL character at position 2"
+    assert nul_text == "study 'nultext': indication contains a NUL character at position 5"
+    assert long_id.startswith("study_id 'xxx") and "longer than 200 characters" in long_id
+    assert all(len(m) < 300 for m in messages)
+    assert dataset.load_study("good").frontal.width == 80

@@ -331,3 +331,31 @@ def test_downscale_for_display() -> None:
     small = downscale_for_display(arr, 512)
     assert small.shape == (512, 482) and small.dtype == np.uint8
     assert downscale_for_display(arr, 4000) is arr
+
+
+def dicom_error(data: bytes) -> ImageLoadError:
+    with pytest.raises(ImageLoadError) as info:
+        load_image_bytes(data, "scan.dcm")
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("cut", "kind"), [(lambda d: d[: len(d) // 2], "truncated"), (lambda d: d + b"\0\0\0\0", "wrongly sized")]
+)
+def test_wrongly_sized_native_pixel_data_is_named_as_such(cut, kind: str) -> None:
+    arr = noise(80, 90).astype(np.uint16) * 16
+    error = dicom_error(dicom_bytes(arr, pixel_data=cut(arr.astype(np.uint16).tobytes())))
+    assert error.reason == "truncated"
+    assert f"is {kind}: its pixel data has" in str(error) and "80×90 pixels of 16 bits need 14,400" in str(error)
+
+
+def test_a_cut_compressed_dicom_file_is_truncated_not_an_unsupported_transfer_syntax() -> None:
+    data = RG1.read_bytes()
+    error = dicom_error(data[: len(data) * 2 // 3])
+    assert error.reason == "truncated" and "truncated" in str(error)
+    siim = pydicom.dcmread(SIIM)
+    siim.PixelData = siim.PixelData[: len(siim.PixelData) // 2]  # a JPEG codestream cut in half, file intact
+    buffer = io.BytesIO()
+    siim.save_as(buffer)
+    error = dicom_error(buffer.getvalue())
+    assert error.reason == "truncated" and "corrupt or truncated" in str(error)

@@ -23,7 +23,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
 
 from model_backend.backends import load_backend  # noqa: E402
-from model_backend.batch import BatchSummary, load_contexts, plan_batch, run_batch  # noqa: E402
+from model_backend.backends.base import BOX_COMPLETION  # noqa: E402
+from model_backend.batch import BatchError, BatchSummary, ContextSpec, load_contexts, plan_batch, run_batch  # noqa: E402
 from model_backend.datasets import load_manifest  # noqa: E402
 from model_backend.ray_batch import RayOptions, build_pipeline, run_ray_batch  # noqa: E402
 from model_backend.ray_cluster import local_cluster  # noqa: E402
@@ -188,3 +189,17 @@ def test_a_killed_model_actor_is_replaced_and_its_batch_retried(
     assert driver.wait(600) == 1, log.read_text()[-3000:]  # 1: the corrupt study is recorded as an error
     assert "errors: 1" in log.read_text() and actor not in model_actor_pids()
     assert without_timings(out) == without_timings(reference)
+
+
+def test_box_completion_on_ray_equals_in_process(tmp_path: Path, data_dir: Path, cluster: str) -> None:
+    dataset, specs = load_manifest(data_dir), [ContextSpec("full")]
+    on_ray, in_process = tmp_path / "ray.jsonl", tmp_path / "in_process.jsonl"
+    options = RayOptions(batch_size=4)
+    run_ray_batch(dataset, specs, "demo", on_ray, options, progress=False, task=BOX_COMPLETION)
+    run_batch(dataset, specs, load_backend("demo"), in_process, progress=False, task=BOX_COMPLETION)
+    assert without_timings(on_ray) == without_timings(in_process)
+    records = [json.loads(line) for line in on_ray.read_text(encoding="utf-8").splitlines()]
+    assert {r["task"] for r in records} == {BOX_COMPLETION} and any(r["output"] for r in records)
+    with pytest.raises(BatchError, match="box completion uses the grounded prompt"):  # ungrounded: no study can run
+        run_ray_batch(dataset, load_contexts(data_dir / "contexts.json"), "demo", tmp_path / "x.jsonl", options,
+                      progress=False, task=BOX_COMPLETION)  # fmt: skip

@@ -20,14 +20,9 @@ from model_backend.boxes import model_to_image_box
 from model_backend.types import BackendInfo, Box, Finding, PromptContext, Report
 from tests.review_writer import study_of
 from tests.review_writer import verdict as writer_verdict
-from webapp.reviews import (
-    SCHEMA_VERSION,
-    FindingVerdict,
-    Omission,
-    ReportVerdict,
-    ReviewStore,
-    ReviewStoreError,
-)
+from webapp.database import ReviewStoreError
+from webapp.reviews import FindingVerdict, Omission, ReportVerdict, ReviewStore
+from webapp.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = ROOT / "tests" / "review_writer.py"
@@ -404,12 +399,14 @@ def test_threads_share_one_store(store: ReviewStore) -> None:
         assert [v.comment for v in store.finding_verdicts(*KEY, f"r{t}").values()] == [f"{t}/{i}" for i in range(40)]
 
 
-def _two_writers(db: Path) -> int:
-    """Release two writer processes at once on a new database (both create and migrate it), check
-    that every acknowledged verdict is stored, and return how often the event log switches writer."""
+def test_two_processes_write_concurrently_and_lose_nothing(tmp_path: Path) -> None:
+    """Two writer processes open a new database at once (both create and migrate it), then save in
+    lockstep rounds: each round releases both, and both must acknowledge before the next, so their
+    commits contend for the file in every round and interleave by construction."""
+    db, rounds = tmp_path / "reviews.sqlite", 300
     procs = {
         name: subprocess.Popen(
-            [sys.executable, str(WRITER), str(db), name, "300", "--wait"],
+            [sys.executable, str(WRITER), str(db), name, str(rounds), "--lockstep"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -418,34 +415,28 @@ def _two_writers(db: Path) -> int:
     }
     for proc in procs.values():
         assert proc.stdout.readline().strip() == "ready"
+    acked: dict[str, list[tuple[int, int]]] = {name: [] for name in procs}
+    for _ in range(rounds):
+        for proc in procs.values():
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for name, proc in procs.items():
+            acked[name].append(tuple(map(int, proc.stdout.readline().split())))
     for proc in procs.values():
-        proc.stdin.write("go\n")
         proc.stdin.close()
-    acked = {}
-    for name, proc in procs.items():
-        out = proc.stdout.read()
         assert proc.wait(timeout=120) == 0
-        acked[name] = [tuple(map(int, line.split())) for line in out.splitlines()]
-        assert [i for i, _ in acked[name]] == list(range(300))
+    for name in procs:
+        assert [i for i, _ in acked[name]] == list(range(rounds))
 
     with ReviewStore(db) as store:
         order = [r for (r,) in store._conn.execute("SELECT reviewer FROM events ORDER BY id")]
-        assert len(order) == 600
+        assert len(order) == 2 * rounds
         for name in procs:
             ids = {event_id for _, event_id in acked[name]}
             assert {e for (e,) in store._conn.execute("SELECT id FROM events WHERE reviewer = ?", (name,))} == ids
             for i in (0, 149, 299):
                 assert store.finding_verdicts("ds", study_of(i), "r1", name)[i] == writer_verdict(name, i, 0)
-    return sum(a != b for a, b in itertools.pairwise(order))
-
-
-def test_two_processes_write_concurrently_and_lose_nothing(tmp_path: Path) -> None:
-    # On a loaded machine one writer may finish before the other starts; try again (up to 3 runs)
-    # until they overlap, since a run without overlap proves nothing about concurrency.
-    switches = [_two_writers(tmp_path / "reviews0.sqlite")]
-    while switches[-1] <= 1 and len(switches) < 3:
-        switches.append(_two_writers(tmp_path / f"reviews{len(switches)}.sqlite"))
-    assert switches[-1] > 1, f"the two writers never overlapped in {len(switches)} runs; the test proved nothing"
+    assert sum(a != b for a, b in itertools.pairwise(order)) >= rounds  # one switch inside every round
 
 
 def test_sigkill_keeps_every_acknowledged_verdict(tmp_path: Path) -> None:
@@ -522,7 +513,7 @@ def test_migrates_a_version_1_database(tmp_path: Path) -> None:
     conn.close()
 
     with ReviewStore(db) as store:
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert store._conn.execute("SELECT * FROM events ORDER BY id").fetchall() == before
         alice = store.finding_verdicts("ds", "s1", "r1", "alice")
         assert alice == {0: FindingVerdict(**v1_payload)} and alice[0].significance is None

@@ -9,6 +9,7 @@ first is still generating.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -29,7 +30,7 @@ from model_backend.backends.azureml import AzureMLBackend
 from model_backend.backends.local import GenerationSettings, LocalBackend
 from model_backend.images import load_image_bytes
 from model_backend.protocol import decode_output, report_to_output
-from model_backend.scoring import make_router, score
+from model_backend.scoring import RouteAccess, make_router, score
 from model_backend.types import PromptContext, Report, Study
 from tests.conftest import TINY_MAX_NEW_TOKENS
 
@@ -85,12 +86,9 @@ def gated(backend: LocalBackend) -> GatedBackend:
     return GatedBackend(backend)
 
 
-@pytest.fixture(scope="module")
-def base_url(backend: LocalBackend, gated: GatedBackend) -> Iterator[str]:
-    app = FastAPI()
-    app.include_router(make_router(backend, KEY))
-    app.include_router(make_router(backend, KEY, max_bytes=SMALL_LIMIT), prefix="/small")
-    app.include_router(make_router(gated, KEY), prefix="/gated")  # type: ignore[arg-type]
+@contextlib.contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """`app` on a real uvicorn server on a free loopback port, for the duration of the block."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -101,10 +99,22 @@ def base_url(backend: LocalBackend, gated: GatedBackend) -> Iterator[str]:
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(backend: LocalBackend, gated: GatedBackend) -> Iterator[str]:
+    app = FastAPI()
+    app.include_router(make_router(backend, KEY))
+    app.include_router(make_router(backend, KEY, max_bytes=SMALL_LIMIT), prefix="/small")
+    app.include_router(make_router(gated, KEY), prefix="/gated")  # type: ignore[arg-type]
+    with serve(app) as url:
+        yield url
 
 
 def post(url: str, body: dict | bytes, headers: dict | None = None) -> requests.Response:
@@ -270,3 +280,101 @@ def test_score_function_without_http(backend: LocalBackend) -> None:
 def test_empty_api_key_is_refused(backend: LocalBackend) -> None:
     with pytest.raises(ValueError, match="API key is empty"):
         make_router(backend, " ")
+
+
+def random_text(n_chars: int, seed: int = 0) -> str:
+    """Text that tokenises to about one token per character with the tiny tokenizer."""
+    rng = np.random.default_rng(seed)
+    return "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789 .,;"), n_chars))
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [(1_000_000, "1,000,000 characters long; the limit is 10,000"), (40_000, "40,000 characters long")],
+)
+def test_huge_indications_are_a_fast_400_and_the_server_keeps_serving(base_url: str, size: int, message: str) -> None:
+    body = request_body(["frontal_image", "indication"], [[b64(FRONTAL), "x" * size]], index=["big"])
+    started = time.monotonic()
+    answer = post(f"{base_url}/score", body)
+    assert answer.status_code == 400
+    assert time.monotonic() - started < 10  # refused before any model work (a loose bound: shared machine)
+    error = answer.json()["error"]
+    assert message in error["message"] and (error["row"], error["column"]) == ("big", "indication")
+    normal = post(f"{base_url}/score", request_body(["frontal_image"], [[b64(FRONTAL)]]))
+    assert normal.status_code == 200
+
+
+def test_a_prompt_past_the_models_positions_is_a_400_naming_the_longest_section(base_url: str) -> None:
+    columns = ["frontal_image", "indication", "technique"]
+    long_text = random_text(9_000)  # under the character cap, but ~8,600 tokens > 4,096 positions
+    body = request_body(columns, [[b64(FRONTAL), "Cough.", None], [b64(FRONTAL), "Cough.", long_text]], ["ok", "x"])
+    answer = post(f"{base_url}/score", body)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["row"], error["column"]) == ("x", "technique")
+    assert "4,096 positions" in error["message"] and "technique, is 9,000 characters" in error["message"]
+
+
+def test_the_generation_budget_never_runs_past_the_models_positions(tiny_snapshot: Path) -> None:
+    backend = LocalBackend(str(tiny_snapshot), device="cpu", settings=GenerationSettings(10_000, 10_000, 10_000))
+    study = Study("s", load_image_bytes(FRONTAL))
+    context = PromptContext(indication=random_text(3_900))
+    room = backend.max_positions - len(backend._reporting_prompt(study, context).token_ids)
+    assert 32 <= room < 400
+    (report,) = backend.generate(study, [context])
+    assert report.timing("new_tokens") == room  # the random model never stops by itself: it is cut exactly there
+    assert not report.complete
+
+
+DEEP = "[" * 1200 + "]" * 1200
+SURROGATE = "\\ud800"
+
+
+@pytest.mark.parametrize(
+    ("raw", "row", "column", "message"),
+    [
+        ('{"input_data": {"columns": ["frontal_image"], "data": [[' + DEEP + "]]}}", None, None, "nested too deeply"),
+        (
+            '{"input_data": {"columns": ["frontal_image", "indication"], "data": [["IMG", ' + "9" * 5000 + "]]}}",
+            0, "indication", "an integer of 5000 digits",
+        ),
+        (
+            '{"input_data": {"columns": ["frontal_image"], "index": [' + "7" * 4400 + '], "data": [["IMG"]]}}',
+            None, None, "an integer of 4400 digits",
+        ),
+        (
+            '{"input_data": {"columns": ["frontal_image", "indication"], "data": [["IMG", "a' + SURROGATE + 'b"]]}}',
+            0, "indication", "lone surrogate",
+        ),
+        (
+            '{"input_data": {"columns": ["frontal_image"], "index": ["r' + SURROGATE + '"], "data": [["IMG"]]}}',
+            None, None, "index strings must be valid text",
+        ),
+        (
+            '{"input_data": {"columns": ["frontal_image", "c' + SURROGATE + '"], "data": [["IMG", "x"]]}}',
+            None, "c\\ud800", "unknown column",
+        ),
+    ],
+)  # fmt: skip
+def test_hostile_bodies_get_a_json_400(base_url: str, raw: str, row, column, message: str) -> None:
+    answer = post(f"{base_url}/score", raw.replace("IMG", b64(FRONTAL).replace("\n", "")).encode())
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    error = answer.json()["error"]
+    assert message in error["message"] and (error["row"], error["column"]) == (row, column)
+
+
+def test_login_credentials_open_the_route_as_http_basic(backend: LocalBackend) -> None:
+    app = FastAPI()
+    app.include_router(make_router(backend, RouteAccess(credentials=(("alice", "pw:1"), ("bob", "x")))))
+    with serve(app) as url:
+        body = json.dumps(request_body(["frontal_image"], [[b64(FRONTAL)]]))
+        refused = requests.post(f"{url}/score", data=body, timeout=30)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == 'Basic realm="cxr-review"'
+        assert "HTTP Basic" in refused.json()["error"]["message"]
+        for auth in (("alice", "wrong"), ("carol", "x"), ("alice", "pw")):
+            assert requests.post(f"{url}/score", data=body, auth=auth, timeout=30).status_code == 401
+        assert requests.post(f"{url}/score", data=body, auth=("alice", "pw:1"), timeout=60).status_code == 200
+        assert requests.post(f"{url}/score", data=body, auth=("bob", "x"), timeout=60).status_code == 200
+        bearer = {"Authorization": "Bearer pw:1"}
+        assert requests.post(f"{url}/score", data=body, headers=bearer, timeout=30).status_code == 401

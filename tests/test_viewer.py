@@ -1,4 +1,5 @@
-"""The image + boxes figure: frames, layers, colours, rendering cache, JSON size, crop preview."""
+"""What the browser viewer receives: image-frame layers, colours, pictures, window ranges, payload sizes,
+crop preview."""
 
 from __future__ import annotations
 
@@ -12,22 +13,19 @@ import numpy as np
 import pytest
 
 from model_backend.boxes import model_to_image_box
-from model_backend.images import load_image_path
+from model_backend.datasets import bundled_samples_path, load_manifest
 from model_backend.types import BackendInfo, Box, Finding, PromptContext, ReferenceBox, Report, XrayImage
 from webapp import viewer
 from webapp.viewer import (
     CROP_OUTLINE_RGB,
     PALETTE,
     DisplayImageCache,
-    FigureSizeError,
-    build_figure,
     crop_outline_image,
-    figure_json_size,
     finding_colour,
     layers_from_report,
     reference_layers,
-    with_visibility,
 )
+from webapp.viewer_payload import report_payload, study_payload, window_ranges, window_render, without_pictures
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_SAMPLE_NAME = "00005066_030.png"
@@ -76,10 +74,6 @@ def decode(data_uri: str) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def box_traces(fig, key: str) -> list:
-    return [t for t in fig.data if t.type == "scatter" and t.legendgroup == key]
-
-
 FINDINGS = (
     Finding("There is a nodule in the left upper lobe.", (Box(0.1, 0.2, 0.5, 0.6),)),
     Finding("The heart size is normal."),
@@ -97,75 +91,33 @@ def test_boxes_land_on_image_frame_pixels(wide: XrayImage) -> None:
     layers = layers_from_report(report)
     # 700x500: the crop is the 500 px square starting at x_off = 100.
     assert layers[0].image_boxes == (model_to_image_box(FINDINGS[0].model_boxes[0], 700, 500),)
-    fig = build_figure(DisplayImageCache().render_base(wide, None, False), 700, 500, layers)
-    (trace,) = box_traces(fig, "A:0")
-    assert trace.x == pytest.approx([150, 350, 350, 150, 150])
-    assert trace.y == pytest.approx([100, 100, 300, 300, 100])
-    assert trace.fill == "toself"
-    assert "nodule in the left upper lobe" in trace.hovertext
-    assert trace.name.startswith("1. There is a nodule")
+    assert layers[0].image_boxes[0].as_tuple() == pytest.approx((150, 100, 350, 300))
+    payload = report_payload(report, report_id="r1")
+    first = payload["findings"][0]
+    assert first["boxes"] == [pytest.approx([150, 100, 350, 300])]
+    assert (first["index"], first["text"], first["grounded"]) == (0, FINDINGS[0].text, True)
+    assert payload["findings"][1]["boxes"] == [] and not payload["findings"][1]["grounded"]
+    assert len(payload["findings"][2]["boxes"]) == 2
+    assert (payload["image_width"], payload["image_height"]) == (700, 500)
 
 
-def test_figure_axes_are_image_pixels(wide: XrayImage) -> None:
-    rendered = DisplayImageCache().render_base(wide, None, False, max_side=256)
-    fig = build_figure(rendered, 700, 500, [])
-    image = fig.data[0]
-    assert image.type == "image"
-    assert image.x0 - image.dx / 2 == pytest.approx(0)
-    assert image.x0 + (rendered.width - 0.5) * image.dx == pytest.approx(700)
-    assert image.y0 + (rendered.height - 0.5) * image.dy == pytest.approx(500)
-    assert list(fig.layout.xaxis.range) == [0, 700]
-    assert list(fig.layout.yaxis.range) == [500, 0]
-    assert fig.layout.yaxis.scaleanchor == "x"
-    assert fig.layout.uirevision == wide.content_key
+def test_a_portrait_image_maps_with_a_vertical_offset() -> None:
+    report = make_report(FINDINGS, width=500, height=700)
+    (box,) = report_payload(report)["findings"][0]["boxes"]
+    assert box == pytest.approx([50, 200, 250, 400])  # the crop is the 500 px square starting at y_off = 100
 
 
-def test_ungrounded_finding_has_a_layer_but_no_trace(wide: XrayImage) -> None:
-    layers = layers_from_report(make_report(FINDINGS))
-    assert [layer.key for layer in layers] == ["A:0", "A:1", "A:2"]
-    assert layers[1].image_boxes == ()
-    fig = build_figure(DisplayImageCache().render_base(wide, None, False), 700, 500, layers)
-    assert box_traces(fig, "A:1") == []
-    assert [t.showlegend for t in box_traces(fig, "A:2")] == [True, False]
-
-
-def test_hidden_layers_stay_in_legend(wide: XrayImage) -> None:
-    layers = with_visibility(layers_from_report(make_report(FINDINGS)), {"A:2"})
-    fig = build_figure(DisplayImageCache().render_base(wide, None, False), 700, 500, layers)
-    assert {t.visible for t in box_traces(fig, "A:2")} == {"legendonly"}
-    assert {t.visible for t in box_traces(fig, "A:0")} == {True}
-
-
-def test_highlight_shows_one_layer_and_dims_the_rest(wide: XrayImage) -> None:
-    layers = with_visibility(layers_from_report(make_report(FINDINGS)), {"A:2"})
-    rendered = DisplayImageCache().render_base(wide, None, False)
-    fig = build_figure(rendered, 700, 500, layers, highlight="A:2", line_width=2.0)
-    assert {t.visible for t in box_traces(fig, "A:2")} == {True}
-    assert [t.line.width for t in box_traces(fig, "A:2")] == pytest.approx([3.2, 3.2])
-    assert [t.opacity for t in box_traces(fig, "A:0")] == pytest.approx([0.3])
-
-
-def test_colours_follow_the_finding_index() -> None:
+def test_colours_follow_the_finding_index_unless_the_caller_gives_them() -> None:
     assert len(set(PALETTE)) == len(PALETTE) == 12
     assert finding_colour(12) == finding_colour(0) != finding_colour(1)
-    a = layers_from_report(make_report(FINDINGS, name="A"), context_index=0)
-    b = layers_from_report(make_report(FINDINGS, name="B"), context_index=1)
-    assert [layer.colour for layer in a] == [finding_colour(i) for i in range(3)]
-    assert [layer.colour for layer in a] == [layer.colour for layer in b]
-    assert {layer.dash for layer in a} == {"solid"} and {layer.dash for layer in b} == {"dash"}
+    payload = report_payload(make_report(FINDINGS))
+    assert [f["colour"] for f in payload["findings"]] == [finding_colour(i) for i in range(3)]
+    given = report_payload(make_report(FINDINGS), colours=["#111111", "#222222", "#333333"], dash="9 5")
+    assert [f["colour"] for f in given["findings"]] == ["#111111", "#222222", "#333333"]
+    assert {f["dash"] for f in given["findings"]} == {"9 5"}
 
 
-def test_trace_colours_match_layer_colours(wide: XrayImage) -> None:
-    layers = layers_from_report(make_report(FINDINGS))
-    fig = build_figure(DisplayImageCache().render_base(wide, None, False), 700, 500, layers, opacity=0.2)
-    for layer in layers:
-        r, g, b = (int(layer.colour[i : i + 2], 16) for i in (1, 3, 5))
-        for trace in box_traces(fig, layer.key):
-            assert trace.line.color == layer.colour
-            assert trace.fillcolor == f"rgba({r},{g},{b},0.2)"
-
-
-def test_reference_layers_are_grouped_and_styled_apart(wide: XrayImage) -> None:
+def test_reference_layers_are_grouped_and_white() -> None:
     refs = (
         ReferenceBox("Nodule", Box(10, 20, 30, 40), "NIH"),
         ReferenceBox("Effusion", Box(50, 60, 70, 80), "NIH"),
@@ -173,21 +125,8 @@ def test_reference_layers_are_grouped_and_styled_apart(wide: XrayImage) -> None:
     )
     layers = reference_layers(refs)
     assert [layer.label for layer in layers] == ["Reference: Nodule (NIH)", "Reference: Effusion (NIH)"]
-    assert layers[0].image_boxes == (Box(10, 20, 30, 40), Box(100, 120, 130, 140))
-    assert all(layer.colour not in PALETTE and layer.dash == "dot" for layer in layers)
-    findings = layers_from_report(make_report(FINDINGS))
-    fig = build_figure(DisplayImageCache().render_base(wide, None, False), 700, 500, [*findings, *layers])
-    (ref_trace, _) = box_traces(fig, layers[0].key)
-    (finding_trace,) = box_traces(fig, "A:0")
-    assert ref_trace.x == pytest.approx([10, 30, 30, 10, 10])  # image frame already: no conversion
-    assert ref_trace.line.width < finding_trace.line.width
-    assert ref_trace.fillcolor.endswith(",0)")
-
-
-def test_size_mismatch_is_a_typed_error(wide: XrayImage) -> None:
-    rendered = DisplayImageCache().render_base(wide, None, False)
-    with pytest.raises(FigureSizeError, match="700x500"):
-        build_figure(rendered, 500, 700, [])
+    assert layers[0].image_boxes == (Box(10, 20, 30, 40), Box(100, 120, 130, 140))  # image frame: no conversion
+    assert all(layer.colour not in PALETTE for layer in layers)
 
 
 def test_render_cache_hit_returns_the_same_picture(wide: XrayImage) -> None:
@@ -223,25 +162,6 @@ def test_windowing_keeps_monochrome1_the_right_way_round() -> None:
     assert np.abs(shown.astype(int) - display).mean() < 4
 
 
-def test_figure_json_is_small_for_a_1024_sample() -> None:
-    path = next((p for p in NIH_SAMPLE_CANDIDATES if p.exists()), None)
-    if path is None:
-        pytest.skip(f"sample {NIH_SAMPLE_NAME} not available")
-    image = load_image_path(path)
-    assert (image.width, image.height) == (1024, 1024)
-    findings = tuple(
-        Finding(f"Finding number {i} with a fairly long sentence about the lungs.", (Box(0.1, 0.1, 0.4, 0.5),) * 2)
-        for i in range(8)
-    )
-    layers = layers_from_report(make_report(findings, 1024, 1024))
-    fig = build_figure(DisplayImageCache().render_base(image, None, False), 1024, 1024, layers)
-    size = figure_json_size(fig)
-    assert size == len(fig.to_json().encode())
-    assert size < 400_000
-    assert max(decode(fig.data[0].source).shape) <= 1024
-    assert json.loads(fig.to_json())["layout"]["dragmode"] == "zoom"
-
-
 def test_large_image_is_never_embedded_at_full_resolution() -> None:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:2500, 0:3000]
@@ -270,3 +190,45 @@ def test_crop_outline_scales_with_the_preview() -> None:
     row = rgb[125]
     assert tuple(row[50]) == CROP_OUTLINE_RGB and tuple(row[299]) == CROP_OUTLINE_RGB
     assert tuple(row[49]) == (70, 70, 70) and tuple(row[300]) == (70, 70, 70)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return load_manifest(bundled_samples_path())
+
+
+def test_every_bundled_study_payload_fits_the_browser_budget(samples) -> None:
+    """Frontal picture, lateral and prior thumbnails and boxes: at most 400 KB per study opened."""
+    sizes = {}
+    for entry in samples.entries:
+        payload = study_payload(samples.load_study(entry.study_id))
+        sizes[entry.study_id] = len(json.dumps(payload).encode())
+        assert max(decode(payload["frontal"]["src"]).shape[:2]) <= 1024
+    assert max(sizes.values()) <= 400_000, sizes
+    shared = without_pictures(study_payload(samples.load_study("radiopaedia_pcp_2")))
+    assert shared["frontal"]["src"] is None and shared["lateral"]["src"] is None and shared["shared_pictures"]
+
+
+def test_window_ranges_come_from_the_image(samples) -> None:
+    j2k = samples.load_study("dicom_nema_rg1_j2k").frontal
+    ranges = window_ranges(j2k)
+    assert ranges["min"] <= float(j2k.pixels.min()) and ranges["max"] >= float(j2k.pixels.max())
+    assert ranges["max"] > 255 and ranges["voi"]
+    assert ranges["default"] == list(j2k.default_window) == [15000.0, 30000.0]
+    assert ranges["width_max"] >= 30000 > float(j2k.pixels.max() - j2k.pixels.min())  # the VOI window is wider
+    for centre, width in ranges["presets"].values():
+        assert ranges["min"] <= centre <= ranges["max"] + 1 and 1 <= width <= ranges["width_max"]
+    png = samples.entries[0]
+    eight_bit = window_ranges(samples.load_study(png.study_id).frontal)
+    assert eight_bit["max"] <= 255 and eight_bit["width_max"] <= 256 and not eight_bit["voi"]
+
+
+def test_a_window_render_by_content_key(samples) -> None:
+    image = samples.load_study("dicom_nema_rg1_j2k").frontal
+    study_payload(samples.load_study("dicom_nema_rg1_j2k"))  # opening it keeps it ready
+    lo, hi = window_ranges(image)["min"], window_ranges(image)["max"]
+    at_top = decode(window_render(image.content_key, hi, 2)).astype(float)
+    at_bottom = decode(window_render(image.content_key, lo, 2)).astype(float)
+    assert abs(at_top.mean() - at_bottom.mean()) > 200  # (MONOCHROME1: the top of the range is shown dark)
+    with pytest.raises(KeyError):
+        window_render("no-such-image", 100, 10)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model_backend.types import Report
+from model_backend.types import PromptContext, Report
 
 MATCH_THRESHOLD = 0.5
 MISSING = "—"
@@ -21,6 +21,7 @@ MISSING = "—"
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset({"a", "an", "the", "is", "are", "there", "of", "seen", "noted", "present"})
 _NEGATIONS = frozenset({"no", "not", "without", "absent", "negative", "free", "resolved"})
+_SIDES = {"left": "left", "right": "right", "bilateral": "both", "both": "both", "bibasal": "both", "bibasilar": "both"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def words(text: str) -> tuple[str, ...]:
 
 def similarity(a: str, b: str) -> float:
     """Sentence similarity in [0, 1]: 1 for the same words, else the better of content-word Jaccard
-    and the word-sequence ratio, halved when only one sentence is negated."""
+    and the word-sequence ratio, halved when only one sentence is negated and halved again when
+    the two name different sides (left / right / both): those are different findings."""
     wa, wb = words(a), words(b)
     if wa == wb:
         return 1.0
@@ -52,6 +54,9 @@ def similarity(a: str, b: str) -> float:
     ratio = difflib.SequenceMatcher(None, wa, wb, autojunk=False).ratio()
     score = max(jaccard, ratio)
     if bool(_NEGATIONS & set(wa)) != bool(_NEGATIONS & set(wb)):
+        score *= 0.5
+    sides_a, sides_b = {_SIDES[w] for w in wa if w in _SIDES}, {_SIDES[w] for w in wb if w in _SIDES}
+    if sides_a and sides_b and sides_a != sides_b:
         score *= 0.5
     return score
 
@@ -131,3 +136,35 @@ def alignment_table(rows: Sequence[AlignedRow], reports: Sequence[Report]) -> li
         cells = [MISSING if i is None else f"{i + 1}. {reports[c].findings[i].text}" for c, i in enumerate(row.cells)]
         table.append([row.status, *cells])
     return table
+
+
+def row_colours(rows: Sequence[AlignedRow], reports: Sequence[Report], palette: Sequence[str]) -> list[list[str]]:
+    """One colour per aligned row (cycling through `palette`), as a colour per finding of each report:
+    the same finding has the same colour in every context, and a finding unique to one context has a
+    colour of its own."""
+    colours = [[""] * len(r.findings) for r in reports]
+    for n, row in enumerate(rows):
+        for k, index in enumerate(row.cells):
+            if index is not None:
+                colours[k][index] = palette[n % len(palette)]
+    return colours
+
+
+def context_difference(base: PromptContext, other: PromptContext) -> str:
+    """What `other` changes relative to `base`, in a few words ("no prior", "indication 'cough'", ...)."""
+    changes = []
+    for name, label in (("indication", "indication"), ("technique", "technique"), ("comparison", "comparison"),
+                        ("prior_report", "prior report")):  # fmt: skip
+        a, b = getattr(base, name), getattr(other, name)
+        if a != b:
+            changes.append(f"no {label}" if not b else f"{label} {_quote(b)}")
+    for name, label in (("use_lateral", "lateral"), ("use_prior", "prior")):
+        if getattr(base, name) != getattr(other, name):
+            changes.append(f"{'with' if getattr(other, name) else 'no'} {label}")
+    if base.grounded != other.grounded:
+        changes.append("grounded" if other.grounded else "not grounded")
+    return ", ".join(changes) or "same as A"
+
+
+def _quote(text: str, limit: int = 24) -> str:
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit]}…'"

@@ -29,27 +29,24 @@ To read the exact text back from the CSV, drop one leading apostrophe where pres
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
 import os
-import sqlite3
 import sys
 import tempfile
-import threading
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from model_backend.boxes import model_to_image_box
 from model_backend.types import Box, Report
+from webapp.database import Database, ReviewStoreError
+from webapp.schema import CLEARED, KIND_FINDING, KIND_REPORT, KIND_UNDO, now_utc, replay_stack, set_latest
 
 DEFAULT_DB_NAME = "reviews.sqlite"
-BUSY_TIMEOUT_MS = 30_000
 MAX_TEXT_CHARS = 1_000_000
 MAX_NAME_CHARS = 200
 
@@ -57,11 +54,6 @@ TEXT_VERDICTS = ("correct", "false_finding", "wrong_location", "wrong_severity",
 SIGNIFICANCES = ("significant", "insignificant")
 BOX_VERDICTS = ("correct", "wrong_place", "wrong_extent", "missing_box", "box_not_needed")
 
-KIND_FINDING = "finding_verdict"
-KIND_REPORT = "report_verdict"
-KIND_UNDO = "undo"
-CLEARED: dict[str, Any] = {"cleared": True}
-REPORT_LEVEL = -1  # `latest.finding_key` for report-level verdicts (finding_index IS NULL in `events`)
 
 # Raw line separators that JSON allows inside strings but `str.splitlines` splits on: escape them in JSONL.
 JSONL_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
@@ -75,10 +67,6 @@ FINDING_COLUMNS = (
 REPORT_COLUMNS = (
     "dataset", "study_id", "report_id", "reviewer", "first_ts", "last_ts", "rating", "omissions", "comment", "event_id",
 )  # fmt: skip
-
-
-class ReviewStoreError(RuntimeError):
-    """The database file cannot be used as a review store (not SQLite, foreign, too new, no WAL)."""
 
 
 # ----------------------------------------------------------------------------- validation
@@ -289,189 +277,26 @@ class Event:
     payload: dict[str, Any]
 
 
-# ----------------------------------------------------------------------------- schema
-
-
-def _migrate_to_v1(conn: sqlite3.Connection) -> None:
-    """Version 1: finding verdicts only, no significance, no undo, no current-state table."""
-    conn.execute(
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts TEXT NOT NULL,
-            reviewer TEXT NOT NULL,
-            dataset TEXT NOT NULL,
-            study_id TEXT NOT NULL,
-            report_id TEXT NOT NULL,
-            finding_index INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            payload TEXT NOT NULL
-        )"""
-    )
-
-
-def _migrate_to_v2(conn: sqlite3.Connection) -> None:
-    """Version 2: report-level verdicts (nullable finding_index), undo, append-only triggers, `latest`."""
-    conn.execute(
-        """CREATE TABLE events_v2 (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts TEXT NOT NULL,
-            reviewer TEXT NOT NULL,
-            dataset TEXT NOT NULL,
-            study_id TEXT NOT NULL,
-            report_id TEXT NOT NULL,
-            finding_index INTEGER CHECK (finding_index IS NULL OR finding_index >= 0),
-            kind TEXT NOT NULL CHECK (kind IN ('finding_verdict', 'report_verdict', 'undo')),
-            payload TEXT NOT NULL CHECK (json_valid(payload))
-        )"""
-    )
-    columns = "id, ts, reviewer, dataset, study_id, report_id, finding_index, kind, payload"
-    conn.execute(f"INSERT INTO events_v2 ({columns}) SELECT {columns} FROM events")
-    conn.execute("DROP TABLE events")
-    conn.execute("ALTER TABLE events_v2 RENAME TO events")
-    conn.execute("CREATE INDEX events_by_key ON events (dataset, study_id, report_id, finding_index, reviewer, id)")
-    for action in ("UPDATE", "DELETE"):
-        conn.execute(
-            f"CREATE TRIGGER events_no_{action.lower()} BEFORE {action} ON events "
-            "BEGIN SELECT RAISE(ABORT, 'review events are append-only'); END"
-        )
-    conn.execute(
-        """CREATE TABLE latest (
-            dataset TEXT NOT NULL,
-            study_id TEXT NOT NULL,
-            report_id TEXT NOT NULL,
-            finding_key INTEGER NOT NULL,
-            reviewer TEXT NOT NULL,
-            first_event_id INTEGER NOT NULL REFERENCES events (id),
-            event_id INTEGER NOT NULL REFERENCES events (id),
-            cleared INTEGER NOT NULL CHECK (cleared IN (0, 1)),
-            PRIMARY KEY (dataset, study_id, report_id, finding_key, reviewer)
-        ) WITHOUT ROWID"""
-    )
-    conn.execute("CREATE INDEX latest_by_reviewer ON latest (dataset, reviewer, study_id)")
-    conn.execute(
-        """CREATE VIEW current_verdicts AS
-        SELECT l.dataset, l.study_id, l.report_id, NULLIF(l.finding_key, -1) AS finding_index, l.reviewer,
-               f.ts AS first_ts, e.ts AS last_ts, e.id AS event_id, e.payload
-        FROM latest AS l JOIN events AS e ON e.id = l.event_id JOIN events AS f ON f.id = l.first_event_id
-        WHERE l.cleared = 0"""
-    )
-    rows = conn.execute(
-        "SELECT id, dataset, study_id, report_id, finding_index, reviewer, kind FROM events ORDER BY id"
-    )
-    by_key: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
-    for event_id, *key, kind in rows:
-        by_key[tuple(key)].append((event_id, kind))
-    for key, events in by_key.items():
-        stack = _replay(events)
-        _set_latest(conn, key, first_event_id=events[0][0], event_id=events[-1][0], cleared=not stack)
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _replay(events: Iterable[tuple[int, str]]) -> list[int]:
-    """Ids of the verdict events still in effect for one key, oldest first (undo pops the newest)."""
-    stack: list[int] = []
-    for event_id, kind in events:
-        if kind == KIND_UNDO:
-            if stack:
-                stack.pop()
-        else:
-            stack.append(event_id)
-    return stack
-
-
-def _set_latest(conn: sqlite3.Connection, key: tuple, *, first_event_id: int, event_id: int, cleared: bool) -> None:
-    dataset, study_id, report_id, finding_index, reviewer = key
-    conn.execute(
-        """INSERT INTO latest (dataset, study_id, report_id, finding_key, reviewer, first_event_id, event_id, cleared)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (dataset, study_id, report_id, finding_key, reviewer)
-        DO UPDATE SET event_id = excluded.event_id, cleared = excluded.cleared""",
-        (dataset, study_id, report_id, REPORT_LEVEL if finding_index is None else finding_index, reviewer,
-         first_event_id, event_id, int(cleared)),
-    )  # fmt: skip
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 # ----------------------------------------------------------------------------- the store
 
 
 class ReviewStore:
-    """Verdicts in one SQLite file. Thread-safe (one connection behind a lock); several processes may share the file."""
+    """Verdicts in the review database (`webapp.database`); several processes may share the file.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise ReviewStoreError(f"cannot open review database {self.path}: {exc}") from exc
-        try:
-            self._configure()
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise ReviewStoreError(f"{self.path} is not a usable review database: {exc}") from exc
-        except BaseException:
-            self._conn.close()
-            raise
+    Open it on a path (it then owns its connection) or on a `Database` shared with the report store.
+    """
 
-    def _configure(self) -> None:
-        conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._check_version(conn)  # before switching the journal mode of someone else's file
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise ReviewStoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-
-    def _check_version(self, conn: sqlite3.Connection) -> int:
-        """The file's schema version; refuses files from a newer app and SQLite files that are not review stores."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise ReviewStoreError(
-                f"{self.path} has review schema version {version}, newer than this app's {SCHEMA_VERSION}; "
-                "upgrade the app"
-            )
-        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise ReviewStoreError(f"{self.path} is an SQLite database of something else, not a review store")
-        return version
-
-    def _migrate(self) -> None:
-        """Apply the missing steps of `MIGRATIONS` in one write transaction (safe against a concurrent opener)."""
-        with self._transaction() as conn:
-            version = self._check_version(conn)
-            for step in range(version, SCHEMA_VERSION):
-                MIGRATIONS[step](conn)
-                conn.execute(f"PRAGMA user_version = {step + 1}")
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT) under the thread lock; rolled back on error."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    def __init__(self, path_or_db: str | Path | Database) -> None:
+        self._owns_db = not isinstance(path_or_db, Database)
+        self.db = Database(path_or_db) if not isinstance(path_or_db, Database) else path_or_db
+        self.path = self.db.path
+        self._conn = self.db.conn
+        self._transaction = self.db.transaction
+        self._query = self.db.query
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owns_db:
+            self.db.close()
 
     def __enter__(self) -> ReviewStore:
         return self
@@ -488,10 +313,10 @@ class ReviewStore:
             event_id = conn.execute(
                 """INSERT INTO events (ts, reviewer, dataset, study_id, report_id, finding_index, kind, payload)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                (_now(), reviewer, dataset, study_id, report_id, finding_index, kind, text),
+                (now_utc(), reviewer, dataset, study_id, report_id, finding_index, kind, text),
             ).lastrowid
             assert event_id is not None
-            _set_latest(conn, key, first_event_id=event_id, event_id=event_id, cleared=False)
+            set_latest(conn, key, first_event_id=event_id, event_id=event_id, cleared=False)
         return event_id
 
     @staticmethod
@@ -537,7 +362,7 @@ class ReviewStore:
                 AND finding_index IS ? AND reviewer = ? ORDER BY id""",
                 (dataset, study_id, report_id, finding_index, reviewer),
             ).fetchall()
-            stack = _replay(rows)
+            stack = replay_stack(rows)
             if not stack:
                 return None
             stack.pop()
@@ -548,10 +373,10 @@ class ReviewStore:
             event_id = conn.execute(
                 """INSERT INTO events (ts, reviewer, dataset, study_id, report_id, finding_index, kind, payload)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                (_now(), reviewer, dataset, study_id, report_id, finding_index, KIND_UNDO, payload),
+                (now_utc(), reviewer, dataset, study_id, report_id, finding_index, KIND_UNDO, payload),
             ).lastrowid
             assert event_id is not None
-            _set_latest(conn, key, first_event_id=rows[0][0], event_id=event_id, cleared=not stack)
+            set_latest(conn, key, first_event_id=rows[0][0], event_id=event_id, cleared=not stack)
         return event_id
 
     # ------------------------------------------------------------------------- reads

@@ -1,25 +1,22 @@
-"""The image + boxes figure: finding layers, colours, window/level rendering and the plotly figure.
+"""Finding layers and colours, and the pictures the browser viewer shows (window/level rendering).
 
 Frames: reports carry boxes in the model frame; `layers_from_report` converts them once with
-`model_backend.boxes.model_to_image_box`, and everything after that (layers, figure traces) is in
-image-frame pixels. The figure's axes are image pixels (x 0..W, y 0..H downwards), and the picture
-is a downscaled JPEG/PNG stretched over exactly that area, so boxes need no further transform.
+`model_backend.boxes.model_to_image_box`, and everything after that is in image-frame pixels.
+The browser stretches the downscaled picture over the image frame (0..W, 0..H), so boxes need no
+further transform (`webapp.viewer_payload`, `assets/static/workstation.js`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import textwrap
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import cv2
 import numpy as np
-import plotly.graph_objects as go
 
 from model_backend.boxes import centre_crop_square, model_to_image_box
 from model_backend.images import downscale_for_display, window_display
@@ -41,14 +38,8 @@ PALETTE: tuple[str, ...] = (
     "#EE8866",
     "#3377BB",
 )
-DASHES: tuple[str, ...] = ("solid", "dash", "dot", "dashdot")
-REFERENCE_COLOUR = "#FFFFFF"
-REFERENCE_DASH = "dot"
-BACKGROUND = "#111111"
-LEGEND_NAME_CHARS = 40
-HOVER_WRAP_CHARS = 60
 JPEG_QUALITIES = (90, 80, 70, 60)
-MAX_IMAGE_BYTES = 280_000  # encoded picture; its base64 data URI is 4/3 of this
+MAX_IMAGE_BYTES = 220_000  # encoded picture; its base64 data URI is 4/3 of this
 PNG_FLAT_FRACTION = 0.5  # try PNG only when this share of neighbouring pixels are equal
 CROP_OUTLINE_RGB = (240, 228, 66)
 CROP_DIM = 0.35
@@ -56,27 +47,18 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class FigureSizeError(ValueError):
-    """The rendered picture does not belong to an image of the size the report was made for."""
-
-
 @dataclass(frozen=True)
 class FindingLayer:
-    """One finding (or reference label) as drawn: its image-frame boxes and style.
+    """One finding (or reference label) as drawn: its image-frame boxes and colour.
 
-    `key` is "<context name>:<finding index>" (0-based index, as reviews key findings) or
-    "ref:<n>" for reference layers; `label` is the numbered sentence shown to people
-    ("<index + 1>. <sentence>"). A layer with no boxes is an ungrounded finding: it has a colour
-    for the findings list but draws nothing.
+    `label` is the numbered sentence shown to people ("<index + 1>. <sentence>") or
+    "Reference: <label> (<source>)". A layer with no boxes is an ungrounded finding: it has a
+    colour for the findings list but draws nothing.
     """
 
-    key: str
     label: str
     colour: str
     image_boxes: tuple[Box, ...]
-    dash: str = "solid"
-    visible: bool = True
-    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,9 +79,8 @@ def finding_colour(index: int, palette: Sequence[str] = PALETTE) -> str:
     return palette[index % len(palette)]
 
 
-def layers_from_report(report: Report, context_index: int = 0, palette: Sequence[str] = PALETTE) -> list[FindingLayer]:
-    """One layer per finding, boxes converted to the image frame; dash style chosen by `context_index`."""
-    dash = DASHES[context_index % len(DASHES)]
+def layers_from_report(report: Report, palette: Sequence[str] = PALETTE) -> list[FindingLayer]:
+    """One layer per finding, boxes converted to the image frame (the one place that happens for the viewer)."""
     layers = []
     for index, finding in enumerate(report.findings):
         image_boxes = tuple(
@@ -108,37 +89,21 @@ def layers_from_report(report: Report, context_index: int = 0, palette: Sequence
         )
         layers.append(
             FindingLayer(
-                key=f"{report.context.name}:{index}",
-                label=f"{index + 1}. {finding.text}",
-                colour=finding_colour(index, palette),
-                image_boxes=image_boxes,
-                dash=dash,
+                label=f"{index + 1}. {finding.text}", colour=finding_colour(index, palette), image_boxes=image_boxes
             )
         )
     return layers
 
 
 def reference_layers(study_reference_boxes: Sequence[ReferenceBox]) -> list[FindingLayer]:
-    """Reference boxes (already image frame) grouped by (label, source), one dotted white layer each."""
+    """Reference boxes (already image frame) grouped by (label, source), one layer each (drawn white, dotted)."""
     groups: dict[tuple[str, str], list[Box]] = {}
     for ref in study_reference_boxes:
         groups.setdefault((ref.label, ref.source), []).append(ref.image_box)
     return [
-        FindingLayer(
-            key=f"ref:{n}",
-            label=f"Reference: {label} ({source})",
-            colour=REFERENCE_COLOUR,
-            image_boxes=tuple(image_boxes),
-            dash=REFERENCE_DASH,
-            reference=True,
-        )
-        for n, ((label, source), image_boxes) in enumerate(groups.items())
+        FindingLayer(label=f"Reference: {label} ({source})", colour="#FFFFFF", image_boxes=tuple(image_boxes))
+        for (label, source), image_boxes in groups.items()
     ]
-
-
-def with_visibility(layers: Sequence[FindingLayer], hidden_keys: Collection[str]) -> list[FindingLayer]:
-    """Copies of `layers` with `visible` False exactly for the keys in `hidden_keys`."""
-    return [replace(layer, visible=layer.key not in hidden_keys) for layer in layers]
 
 
 # --- rendering the picture ---------------------------------------------------------------------
@@ -148,13 +113,16 @@ def with_visibility(layers: Sequence[FindingLayer], hidden_keys: Collection[str]
 class _Downscaled:
     image: XrayImage  # same content key, `pixels` and `display` downscaled
     inverted: bool  # True when `display` is the inverse of a plain window of `pixels` (MONOCHROME1)
+    width: int  # of the original image
+    height: int
 
 
 class DisplayImageCache:
-    """Renders pictures for the figure and keeps the last few, so toggling boxes never re-encodes.
+    """Renders pictures for the viewer and keeps the last few, so re-opening or re-windowing is cheap.
 
-    Rendered pictures are keyed by (content_key, window, invert, max_side); the downscaled
-    source arrays by (content_key, max_side), so a window change only re-runs the LUT and encoder.
+    Rendered pictures are keyed by (content_key, window, invert, max_side); the downscaled source
+    arrays by (content_key, max_side), so a window change only re-runs the LUT and the encoder, and
+    an image opened recently can be re-windowed by its content key alone (`render_window`).
     Safe to share between Gradio's worker threads.
     """
 
@@ -171,12 +139,31 @@ class DisplayImageCache:
         """The picture of `image` at most `max_side` px long: its default display (`window` None) or
         its original pixels through the (centre, width) window; `invert` flips it relative to the
         default display (a MONOCHROME1 image stays the right way up under any window)."""
-        key = (image.content_key, None if window is None else (float(window[0]), float(window[1])), invert, max_side)
+        return self._render(self._downscaled(image, max_side), window, invert, max_side)
+
+    def render_window(
+        self, content_key: str, window: tuple[float, float] | None, max_side: int = 1024, invert: bool = False
+    ) -> RenderedImage:
+        """`render_base` for an image rendered at `max_side` recently; KeyError when it is no longer cached."""
+        with self._lock:
+            source = _lru_get(self._sources, (content_key, max_side))
+        if source is None:
+            raise KeyError(content_key)
+        return self._render(source, window, invert, max_side)
+
+    def prepare(self, image: XrayImage, max_side: int) -> None:
+        """Keep `image` downscaled to `max_side`, ready for `render_window` (no picture is encoded)."""
+        self._downscaled(image, max_side)
+
+    def _render(
+        self, source: _Downscaled, window: tuple[float, float] | None, invert: bool, max_side: int
+    ) -> RenderedImage:
+        key = (source.image.content_key, None if window is None else (float(window[0]), float(window[1])), invert,
+               max_side)  # fmt: skip
         with self._lock:
             cached = _lru_get(self._rendered, key)
         if cached is not None:
             return cached
-        source = self._downscaled(image, max_side)
         if window is None:
             gray = source.image.display
             gray = np.subtract(255, gray, dtype=np.uint8) if invert else gray
@@ -186,9 +173,9 @@ class DisplayImageCache:
             data_uri=encode_data_uri(gray),
             width=int(gray.shape[1]),
             height=int(gray.shape[0]),
-            image_width=image.width,
-            image_height=image.height,
-            scale=gray.shape[1] / image.width,
+            image_width=source.width,
+            image_height=source.height,
+            scale=gray.shape[1] / source.width,
             key=key,
         )
         with self._lock:
@@ -206,7 +193,7 @@ class DisplayImageCache:
             pixels=downscale_for_display(image.pixels, max_side),
             display=downscale_for_display(image.display, max_side),
         )
-        source = _Downscaled(small, _display_is_inverted(small))
+        source = _Downscaled(small, _display_is_inverted(small), image.width, image.height)
         with self._lock:
             _lru_put(self._sources, key, source, self._max_sources)
         return source
@@ -251,109 +238,6 @@ def encode_data_uri(gray: np.ndarray, max_bytes: int = MAX_IMAGE_BYTES) -> str:
         if ok and len(png) < len(payload):
             payload, mime = png.tobytes(), "image/png"
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
-
-
-_DEFAULT_CACHE = DisplayImageCache()
-
-
-def render_base(
-    image: XrayImage, window: tuple[float, float] | None, invert: bool, max_side: int = 1024
-) -> RenderedImage:
-    """`DisplayImageCache.render_base` on the process-wide cache."""
-    return _DEFAULT_CACHE.render_base(image, window, invert, max_side)
-
-
-# --- the figure --------------------------------------------------------------------------------
-
-
-def build_figure(
-    rendered: RenderedImage,
-    image_width: int,
-    image_height: int,
-    layers: Sequence[FindingLayer],
-    *,
-    opacity: float = 0.15,
-    line_width: float = 2.0,
-    highlight: str | None = None,
-    uirevision: str | None = None,
-) -> go.Figure:
-    """The picture in image-frame pixel axes with one filled rectangle trace per box.
-
-    Hidden layers stay in the legend (`visible="legendonly"`). `highlight` (a layer key) shows that
-    layer even if hidden, thicker, and dims the others. `uirevision` (default: the image's content
-    key) keeps zoom and pan across re-renders of the same study.
-    """
-    if (rendered.image_width, rendered.image_height) != (image_width, image_height):
-        raise FigureSizeError(
-            f"the picture is of a {rendered.image_width}x{rendered.image_height} image, "
-            f"but the boxes are for a {image_width}x{image_height} image"
-        )
-    dx, dy = image_width / rendered.width, image_height / rendered.height
-    data: list[go.Image | go.Scatter] = [
-        go.Image(source=rendered.data_uri, x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, hoverinfo="skip", name="image")
-    ]
-    spotlight = highlight if any(layer.key == highlight and layer.image_boxes for layer in layers) else None
-    for layer in layers:
-        data.extend(_layer_traces(layer, opacity, line_width, spotlight))
-    axis = {"showgrid": False, "zeroline": False, "showticklabels": False, "constrain": "domain"}
-    layout = go.Layout(
-        xaxis={**axis, "range": [0, image_width]},
-        yaxis={**axis, "range": [image_height, 0], "scaleanchor": "x", "scaleratio": 1},
-        margin={"l": 0, "r": 0, "t": 0, "b": 0, "pad": 0},
-        paper_bgcolor=BACKGROUND,
-        plot_bgcolor=BACKGROUND,
-        font={"color": "#DDDDDD", "size": 12},
-        legend={"orientation": "h", "x": 0, "y": -0.01, "yanchor": "top", "bgcolor": "rgba(0,0,0,0)"},
-        hovermode="closest",
-        hoverlabel={"align": "left"},
-        dragmode="zoom",
-        uirevision=uirevision or rendered.key[0],
-    )
-    return go.Figure(data=data, layout=layout)
-
-
-def _layer_traces(layer: FindingLayer, opacity: float, line_width: float, spotlight: str | None) -> list[go.Scatter]:
-    visible: bool | str = True if layer.visible or layer.key == spotlight else "legendonly"
-    width = line_width * (0.75 if layer.reference else 1.0)
-    fill_alpha = 0.0 if layer.reference else opacity
-    trace_opacity = 1.0
-    if spotlight is not None:
-        if layer.key == spotlight:
-            width, fill_alpha = width * 1.6, min(1.0, opacity * 2)
-        else:
-            trace_opacity = 0.3
-    hover = "<br>".join(html.escape(line) for line in textwrap.wrap(layer.label, HOVER_WRAP_CHARS))
-    name = textwrap.shorten(layer.label, LEGEND_NAME_CHARS, placeholder="…")
-    return [
-        go.Scatter(
-            x=[box.x_min, box.x_max, box.x_max, box.x_min, box.x_min],
-            y=[box.y_min, box.y_min, box.y_max, box.y_max, box.y_min],
-            mode="lines",
-            fill="toself",
-            fillcolor=_rgba(layer.colour, fill_alpha),
-            line={"color": layer.colour, "width": width, "dash": layer.dash},
-            opacity=trace_opacity,
-            name=name,
-            legendgroup=layer.key,
-            showlegend=n == 0,
-            visible=visible,
-            text=hover,  # shown when hovering the fill
-            hovertext=hover,  # shown when hovering the outline
-            hoverinfo="text",
-            hoveron="fills+points",
-        )
-        for n, box in enumerate(layer.image_boxes)
-    ]
-
-
-def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha:g})"
-
-
-def figure_json_size(fig: go.Figure) -> int:
-    """Bytes of the figure's JSON (what is sent to the browser)."""
-    return len(fig.to_json().encode("utf-8"))
 
 
 # --- upload preview ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import cv2
 import requests
 
-from model_backend.backends.base import BackendError
+from model_backend.backends.base import BackendError, UnsupportedTaskError
 from model_backend.protocol import MAX_ROWS, ProtocolError, ScoringRow, decode_response, encode_request
 from model_backend.types import BackendInfo, Finding, PromptContext, Report, Study, XrayImage
 
@@ -93,6 +93,12 @@ class AzureMLBackend:
 
     def ground_phrase(self, study: Study, phrase: str) -> Report:
         raise BackendError("the CXRReportGen endpoint has no phrase grounding; use a local MAIRA-2 model for that")
+
+    def complete_boxes(self, study: Study, findings: Sequence[str], contexts: Sequence[PromptContext]) -> list[Report]:
+        raise UnsupportedTaskError(
+            f"box completion is not supported by the {self.info.name} backend: the CXRReportGen endpoint writes whole "
+            "reports and cannot be given the sentences; use a local MAIRA-2 model for that"
+        )
 
     # ------------------------------------------------------------------ request
     def _row(self, index: int, study: Study, context: PromptContext, png: dict[str, bytes]) -> ScoringRow:

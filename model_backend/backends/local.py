@@ -20,19 +20,25 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
 from PIL import Image
 from transformers.cache_utils import DynamicCache
 
-from model_backend.backends.base import BackendError
+from model_backend.backends.base import BOX_COMPLETION, BackendError, PromptError, UnsupportedTaskError
+from model_backend.backends.box_completion import BoxCompletion, GroundingTokens
 from model_backend.backends.shared_prefix import ATTENTION_NAME, SharedPrefixState, shared_prefix
+from model_backend.boxes import bins_to_box
 from model_backend.maira2.modeling import Maira2ForConditionalGeneration, default_device_and_dtype
 from model_backend.maira2.parsing import parse_tolerant
 from model_backend.maira2.processing import ConstantImageError, Maira2Processor
-from model_backend.types import BackendInfo, PromptContext, Report, Study, XrayImage
+from model_backend.prompt_limits import MIN_REPORT_TOKENS, SECTIONS, check_context, check_text
+from model_backend.types import BackendInfo, Finding, PromptContext, Report, Study, XrayImage
+from model_backend.weights_digest import weights_digest
 
 PHRASE_CONTEXT = PromptContext(name="phrase", use_lateral=False, use_prior=False, grounded=True)
 
@@ -44,6 +50,7 @@ class GenerationSettings:
     max_new_tokens_findings: int = 300
     max_new_tokens_grounded: int = 450
     max_new_tokens_phrase: int = 150
+    max_boxes_per_finding: int = 10  # box completion: a finding is closed after this many boxes
 
     def budget(self, context: PromptContext, task: str) -> int:
         if task == "phrase_grounding":
@@ -98,6 +105,25 @@ class _Prefix:
 
 
 @dataclass
+class _TailBatch:
+    """Rows decoding on one shared prefix: their tails' KV cache and mask, and each row's next position."""
+
+    prefix: _Prefix
+    mask: torch.Tensor  # (rows, tail tokens so far); 0 = padding
+    next_positions: list[int]
+    cache: DynamicCache = field(default_factory=DynamicCache)  # the tails only; the prefix is shared
+
+    def keep(self, slots: list[int]) -> None:
+        """Drop every row but `slots` (indices into the current rows, in order)."""
+        if len(slots) == len(self.next_positions):
+            return
+        index = torch.tensor(slots, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.next_positions = [self.next_positions[s] for s in slots]
+
+
+@dataclass
 class _Row:
     """Decoding state of one context in a batch."""
 
@@ -140,7 +166,7 @@ class LocalBackend:
         self.settings = settings or GenerationSettings()
         self.info = BackendInfo(
             name=name, model_id=model_path, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
-            is_demo=is_demo,
+            is_demo=is_demo, weights_hash=_weights_hash(model_path),
         )  # fmt: skip
         self.eos_id = self.processor.tokenizer.eos_token_id
         self.pad_id = self.processor.tokenizer.pad_token_id
@@ -169,6 +195,32 @@ class LocalBackend:
         prompt = self._phrase_prompt(study, phrase)
         return self._run(study, [prompt])[0]
 
+    def complete_boxes(self, study: Study, findings: Sequence[str], contexts: Sequence[PromptContext]) -> list[Report]:
+        """Box completion under each (grounded) context: `findings` are forced in order on the grounded
+        reporting prompt and the model only chooses their boxes (`box_completion.py`). Contexts that
+        share the study's images share the prefix and are decoded together."""
+        ungrounded = [c.name for c in contexts if not c.grounded]
+        if ungrounded:
+            names = ", ".join(ungrounded)
+            raise UnsupportedTaskError(f"box completion uses the grounded prompt; context(s) {names} have grounded off")
+        if isinstance(findings, str):
+            raise BackendError("box completion takes a list of sentences, not one string")
+        sentences = [s.strip() for s in findings]
+        if not sentences:
+            raise BackendError("no findings to complete boxes for (the study has no reference findings)")
+        vocab = self._grounding_tokens
+        forced = [vocab.sentence_ids(self.processor.tokenizer, s) for s in sentences]
+        prompts = [replace(self._reporting_prompt(study, c), task=BOX_COMPLETION) for c in contexts]
+        reports: list[Report | None] = [None] * len(prompts)
+        for group in self._groups(prompts):
+            start = time.perf_counter()
+            rows = [BoxCompletion(vocab, forced, self.settings.max_boxes_per_finding) for _ in group]
+            self._complete([prompts[i] for i in group], rows)
+            elapsed = time.perf_counter() - start
+            for index, row in zip(group, rows, strict=True):
+                reports[index] = self._box_report(study, prompts[index], sentences, row, elapsed)
+        return [r for r in reports if r is not None]
+
     def prefetch(self, study: Study) -> None:
         """Warm the caches for `study` before anyone asks: vision features of all its images and
         the prompt prefix with all of them (what the default context uses). The prefix ends at the
@@ -176,6 +228,10 @@ class LocalBackend:
         prompt = self._reporting_prompt(study, PromptContext(name="prefetch"))
         with self._lock:
             self._prefix(prompt)
+
+    @cached_property
+    def _grounding_tokens(self) -> GroundingTokens:
+        return GroundingTokens.from_tokenizer(self.processor.tokenizer, self.processor.num_box_coord_bins)
 
     def cache_stats(self) -> dict[str, int]:
         with self._lock:
@@ -188,6 +244,7 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ prompts
     def _reporting_prompt(self, study: Study, context: PromptContext) -> _Prompt:
+        check_context(context)
         lateral = study.lateral if context.use_lateral else None
         prior = study.prior_frontal if context.use_prior else None
         messages = self.processor._construct_chat_messages_reporting(
@@ -203,6 +260,7 @@ class LocalBackend:
         return self._tokenise(context, "reporting", self.processor._render(messages, None), images)
 
     def _phrase_prompt(self, study: Study, phrase: str) -> _Prompt:
+        check_text("phrase", phrase, PHRASE_CONTEXT.name)
         messages = self.processor._construct_chat_messages_phrase_grounding(phrase)
         text = self.processor._render(messages, None)
         context = replace(PHRASE_CONTEXT, indication=phrase)
@@ -210,8 +268,39 @@ class LocalBackend:
 
     def _tokenise(self, context: PromptContext, task: str, text: str, images: list[XrayImage]) -> _Prompt:
         ids = self.processor.tokenizer(self.processor.expand_image_tokens(text))["input_ids"]
+        if len(ids) + MIN_REPORT_TOKENS > self.max_positions:
+            raise self._too_long(context, task, len(ids), len(images))
         image_positions = [i for i, t in enumerate(ids) if t == self.processor.image_token_id]
         return _Prompt(context, task, ids, images, image_positions[-1] + 1)
+
+    @property
+    def max_positions(self) -> int:
+        """Positions the language model was built for (its `max_position_embeddings`)."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def _too_long(self, context: PromptContext, task: str, n_tokens: int, n_images: int) -> PromptError:
+        """The error for a prompt of `n_tokens` that leaves no room for the report, naming its longest section."""
+        fields = {"phrase": context.indication} if task == "phrase_grounding" else {
+            name: getattr(context, name) for name in SECTIONS
+        }  # fmt: skip
+        counts = {
+            name: len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+            for name, text in fields.items()
+            if text
+        }
+        longest = max(counts, key=counts.__getitem__, default=None)
+        detail = (
+            f"; the longest section, {longest.replace('_', ' ')}, is {len(fields[longest]):,} characters "
+            f"({counts[longest]:,} tokens): shorten it"
+            if longest
+            else ""
+        )
+        return PromptError(
+            f"the prompt is {n_tokens:,} tokens ({n_images} image(s) included), but the model has "
+            f"{self.max_positions:,} positions and the report needs at least {MIN_REPORT_TOKENS}{detail}",
+            field=longest,
+            context_name=context.name,
+        )
 
     # ------------------------------------------------------------------ model steps
     def _image_features(self, images: list[XrayImage]) -> torch.Tensor:
@@ -243,31 +332,45 @@ class LocalBackend:
         self._prefixes.put(prompt.prefix_key, prefix)
         return prefix
 
-    def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
-        """Greedy decoding of prompts sharing one prefix; yields the rows after every step."""
+    def _step(self, batch: _TailBatch, chunks: list[list[int]]) -> torch.Tensor:
+        """Feed each row its next tokens (left-padded to one width) after its cached tail; the last logits."""
+        width = max(len(chunk) for chunk in chunks)
+        pads = [width - len(chunk) for chunk in chunks]
+        starts = batch.next_positions
+        ids = [[self.pad_id] * pad + chunk for pad, chunk in zip(pads, chunks, strict=True)]
+        step_mask = [[0] * pad + [1] * len(chunk) for pad, chunk in zip(pads, chunks, strict=True)]
+        positions = [
+            [start] * pad + list(range(start, start + len(chunk)))
+            for pad, chunk, start in zip(pads, chunks, starts, strict=True)
+        ]
+        batch.mask = torch.cat([batch.mask, torch.tensor(step_mask, device=self.device)], dim=1)
+        batch.next_positions = [start + len(chunk) for start, chunk in zip(starts, chunks, strict=True)]
+        state = SharedPrefixState(batch.prefix.layers, batch.mask)
+        with self._lock, torch.inference_mode(), shared_prefix(state):
+            out = self.model.language_model(
+                input_ids=torch.tensor(ids, device=self.device), attention_mask=batch.mask,
+                position_ids=torch.tensor(positions, device=self.device), past_key_values=batch.cache,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+        return out.logits[:, -1]
+
+    def _tail_batch(self, prompts: list[_Prompt]) -> _TailBatch:
+        """Empty tails for `prompts` (which share one prefix) on that prefix, computed or cached."""
         with self._lock:
             prefix = self._prefix(prompts[0])
-        rows = [_Row(p, self.settings.budget(p.context, p.task)) for p in prompts]
-        tails = [p.token_ids[p.split :] for p in prompts]
-        width = max(len(t) for t in tails)
-        pads = [width - len(t) for t in tails]
-        ids = torch.tensor([[self.pad_id] * pad + t for pad, t in zip(pads, tails, strict=True)], device=self.device)
-        mask = torch.tensor([[0] * pad + [1] * len(t) for pad, t in zip(pads, tails, strict=True)], device=self.device)
-        start = prefix.length
-        positions = torch.tensor(
-            [[start] * pad + list(range(start, start + len(t))) for pad, t in zip(pads, tails, strict=True)],
-            device=self.device,
-        )
+        mask = torch.zeros((len(prompts), 0), dtype=torch.long, device=self.device)
+        return _TailBatch(prefix, mask, [prefix.length] * len(prompts))
+
+    def _decode(self, prompts: list[_Prompt]) -> Iterator[list[_Row]]:
+        """Greedy decoding of prompts sharing one prefix; yields the rows after every step (never past the
+        model's last position)."""
+        batch = self._tail_batch(prompts)
+        rows = [_Row(p, min(self.settings.budget(p.context, p.task), self.max_positions - len(p.token_ids)))
+                for p in prompts]  # fmt: skip
+        chunks = [p.token_ids[p.split :] for p in prompts]
         active = list(range(len(rows)))
-        cache = DynamicCache()  # the tails only; the prefix is shared, not copied per row
         while active:
-            state = SharedPrefixState(prefix.layers, mask)
-            with self._lock, torch.inference_mode(), shared_prefix(state):
-                out = self.model.language_model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1,
-                )  # fmt: skip
-            next_tokens = out.logits[:, -1].argmax(-1).tolist()
+            next_tokens = self._step(batch, chunks).argmax(-1).tolist()
             keep = []
             for slot, (row_index, token) in enumerate(zip(active, next_tokens, strict=True)):
                 row = rows[row_index]
@@ -282,15 +385,29 @@ class LocalBackend:
             yield rows
             if not keep:
                 break
-            keep_index = torch.tensor(keep, device=self.device)
-            if len(keep) != len(active):
-                cache.batch_select_indices(keep_index)
-                mask = mask[keep_index]
-                positions = positions[keep_index]
+            batch.keep(keep)
             active = [active[s] for s in keep]
-            ids = torch.tensor([[rows[r].generated[-1]] for r in active], device=self.device)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
-            positions = positions[:, -1:] + 1
+            chunks = [[rows[r].generated[-1]] for r in active]
+
+    def _complete(self, prompts: list[_Prompt], rows: list[BoxCompletion]) -> None:
+        """Constrained greedy decoding of prompts sharing one prefix: each step feeds every unfinished row
+        the tokens it has not fed yet (forced ones included) and lets it choose among its allowed tokens."""
+        batch = self._tail_batch(prompts)
+        chunks = [p.token_ids[p.split :] + row.tokens for p, row in zip(prompts, rows, strict=True)]
+        fed = [len(row.tokens) for row in rows]
+        active = list(range(len(rows)))
+        while active:
+            logits = self._step(batch, chunks)
+            for slot, row_index in enumerate(active):
+                allowed = rows[row_index].allowed()
+                rows[row_index].choose(allowed[int(logits[slot, list(allowed)].argmax())])
+            keep = [slot for slot, row_index in enumerate(active) if not rows[row_index].finished]
+            if not keep:
+                break
+            batch.keep(keep)
+            active = [active[s] for s in keep]
+            chunks = [rows[r].tokens[fed[r] :] for r in active]
+            fed = [len(row.tokens) for row in rows]
 
     # ------------------------------------------------------------------ orchestration
     def _groups(self, prompts: list[_Prompt]) -> list[list[int]]:
@@ -324,6 +441,33 @@ class LocalBackend:
                 yield partial
         yield self._report(study, rows[0], time.perf_counter() - start)
 
+    def _box_report(
+        self, study: Study, prompt: _Prompt, sentences: list[str], row: BoxCompletion, elapsed: float
+    ) -> Report:
+        text = self.processor.decode(row.tokens, skip_special_tokens=True)
+        warnings = [f"finding {i + 1}: closed after {row.max_boxes} box(es), the limit per finding" for i in row.capped]
+        decoded = [f.text for f in parse_tolerant(text).findings]
+        warnings += [
+            f"finding {i + 1} does not survive tokenisation verbatim: the model read {seen!r}"
+            for i, (sentence, seen) in enumerate(zip(sentences, decoded, strict=True))
+            if seen != sentence
+        ]
+        return Report(
+            study_id=study.study_id,
+            context=prompt.context,
+            findings=_box_findings(sentences, row),
+            image_width=study.frontal.width,
+            image_height=study.frontal.height,
+            raw_text=text,
+            complete=not row.capped,
+            backend=self.info,
+            images_key=study.images_key(),
+            warnings=tuple(warnings),
+            timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.tokens))),
+                     ("model_choices", float(row.choices))),
+            task=prompt.task,
+        )  # fmt: skip
+
     def _report(self, study: Study, row: _Row, elapsed: float, partial: bool = False) -> Report:
         text = self.processor.decode(row.generated, skip_special_tokens=True)
         parsed = parse_tolerant(text, truncated=row.truncated)
@@ -341,6 +485,24 @@ class LocalBackend:
             timings=(("seconds", round(elapsed, 4)), ("new_tokens", float(len(row.generated)))),
             task=row.prompt.task,
         )
+
+
+def _weights_hash(model_path: str) -> str:
+    """`weights_digest` of a local folder or of the hub cache's copy of a hub id ("" if neither is found)."""
+    local = Path(model_path).expanduser()
+    if not local.is_dir():
+        try:
+            local = Path(snapshot_download(model_path, local_files_only=True))
+        except Exception:  # not in the cache in a form we can find: the header shows no hash
+            return ""
+    return weights_digest(local)
+
+
+def _box_findings(sentences: list[str], row: BoxCompletion) -> tuple[Finding, ...]:
+    return tuple(
+        Finding(sentence, tuple(bins_to_box(b) for b in boxes) or None)
+        for sentence, boxes in zip(sentences, row.boxes, strict=True)
+    )
 
 
 def _check_local_snapshot(model_path: str) -> None:

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 import pytest
+
+from tests.app_process import AppStartError, running_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,7 +40,6 @@ DASHBOARD_RESULTS = [
     }
     for study_id in ("nih_00016487_002", "nih_00029808_003")
 ]
-START_TIMEOUT_S = 180
 GENERATE_TIMEOUT_MS = 180_000  # a full grounded report on two shared CPU cores
 UI_TIMEOUT_MS = 30_000
 
@@ -57,29 +52,6 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright  # noqa: E402
 
 
-def free_port() -> int:
-    """A TCP port that is free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    """Poll `url` until it answers 200; fail with the server log if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"app.py did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start `python app.py --model demo` on a free port with a fresh review database; yield its URL."""
@@ -89,36 +61,13 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"the demo model is missing ({DEMO_CONFIG}); build it with `python -m model_backend.demo_model.train`"
         )
     workdir = tmp_path_factory.mktemp("browser_app")
-    port = free_port()
-    log = workdir / "app.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     results = workdir / "results.jsonl"
     results.write_text("\n".join(json.dumps(line) for line in DASHBOARD_RESULTS) + "\n")
-    command = [
-        sys.executable,
-        "app.py",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--db",
-        str(workdir / "reviews.sqlite"),
-        "--results",
-        str(results),
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for_http(url, process, log, START_TIMEOUT_S)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with running_app(["--model", model, "--results", str(results)], workdir) as app:
+            yield app.url
+    except AppStartError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="session")
