@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
@@ -50,18 +49,10 @@ def read_auth(pairs: list[str], auth_file: str | None) -> list[tuple[str, str]]:
     return credentials
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or name to listen on) only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def scoring_refusal(host: str, share: bool, api_key: str | None, credentials: list[tuple[str, str]]) -> str | None:
     """Why `POST /score` must not be served on this configuration (open to the network), or None."""
+    from model_backend.scoring import is_loopback
+
     if api_key or credentials or (is_loopback(host) and not share):
         return None
     where = "through a share link" if share else f"on {host}"

@@ -33,6 +33,10 @@ study cut in half by a crash is generated again in full and only its missing lin
 Determinism: every field except "timings" depends only on the model, the manifest and the
 contexts file, so a killed and resumed run equals an uninterrupted one once "timings" (always
 the last key) is dropped.
+
+Engines: `--engine inprocess` (default) runs the model in this process; `--engine ray` runs the
+same per-study work (`load_study`, `generate_lines`) on a Ray cluster and writes the same file
+(`model_backend.ray_batch`; `--address`, `--workers`, `--gpus-per-worker`, `--batch-size`).
 """
 
 from __future__ import annotations
@@ -193,9 +197,38 @@ def result_line(
     }
 
 
+@dataclass(frozen=True)
+class PlannedStudy:
+    """One study of a run: all its contexts (they go to the backend together) and those still to be written."""
+
+    entry: StudyEntry
+    contexts: tuple[PromptContext, ...]
+    pending: tuple[PromptContext, ...]
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study's decoded images, or why they could not be decoded; `load_s` is the decoding time."""
+
+    study: Study | None
+    error: str | None
+    load_s: float
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The results lines of one study and where its time went."""
+
+    study_id: str
+    lines: list[dict[str, Any]]
+    load_s: float
+    generate_s: float
+    error: str | None
+
+
 @dataclass
 class BatchSummary:
-    """Counts and where the time went (seconds) in one run."""
+    """Counts and where the time went (seconds) in one run; `model_s` is summed over the engine's workers."""
 
     studies: int = 0
     skipped: int = 0
@@ -206,6 +239,8 @@ class BatchSummary:
     images_s: float = 0.0
     writing_s: float = 0.0
     error_messages: list[str] = field(default_factory=list)
+    engine: str = "in-process"
+    workers: int = 1
 
     @property
     def studies_per_s(self) -> float:
@@ -213,17 +248,40 @@ class BatchSummary:
 
     @property
     def outside_share(self) -> float:
-        """Share of the run's wall time spent outside `backend.generate`."""
-        return (self.wall_s - self.model_s) / self.wall_s if self.wall_s > 0 else 0.0
+        """Share of the workers' wall time spent outside `backend.generate`."""
+        capacity = self.wall_s * self.workers
+        return (capacity - self.model_s) / capacity if capacity > 0 else 0.0
+
+    def add(self, result: StudyResult) -> None:
+        """Count one finished study."""
+        self.studies += 1
+        self.lines += len(result.lines)
+        self.images_s += result.load_s
+        self.model_s += result.generate_s
+        if result.error is not None:
+            self.errors += 1
+            self.error_messages.append(f"{result.study_id}: {result.error}")
 
     def format(self) -> str:
+        head = [
+            f"studies: {self.studies} run, {self.skipped} already done; lines written: {self.lines}; "
+            f"errors: {self.errors}",
+            f"time: {self.wall_s:.2f} s, {self.studies_per_s:.2f} studies/s",
+        ]
+        if self.engine != "in-process":
+            return "\n".join(
+                [
+                    *head,
+                    f"inside backend.generate: {self.model_s:.2f} s on {self.workers} {self.engine} worker(s) "
+                    f"({1 - self.outside_share:.1%} of their time, outside: {self.outside_share:.1%}); "
+                    f"images decoded ahead in CPU tasks: {self.images_s:.2f} s; JSON + writing {self.writing_s:.2f} s",
+                ]
+            )
         outside = self.wall_s - self.model_s
         other = max(outside - self.images_s - self.writing_s, 0.0)
         return "\n".join(
             [
-                f"studies: {self.studies} run, {self.skipped} already done; lines written: {self.lines}; "
-                f"errors: {self.errors}",
-                f"time: {self.wall_s:.2f} s, {self.studies_per_s:.2f} studies/s",
+                *head,
                 f"inside backend.generate: {self.model_s:.2f} s ({1 - self.outside_share:.1%}); "
                 f"outside: {outside:.2f} s ({self.outside_share:.1%}: images {self.images_s:.2f} s, "
                 f"JSON + writing {self.writing_s:.2f} s, other {other:.2f} s)",
@@ -231,20 +289,47 @@ class BatchSummary:
         )
 
 
-def _check_resume(done: DoneLine, study_id: str, context: PromptContext, model_id: str, task: str, path: Path) -> None:
-    where = f"{path}:{done.line}"
+def _check_resume(done: DoneLine, study_id: str, context: PromptContext, task: str, path: Path) -> None:
+    """Refuse a line written for another task or with other context settings (what a plan can check)."""
     if done.task != task:
-        raise BatchError(f"{where} was written for task {done.task!r}, this run is {task!r}; use a new --out file")
-    if done.model_id is not None and done.model_id != model_id:
         raise BatchError(
-            f"{where} was written by model {done.model_id!r}, this run uses {model_id!r}; "
-            "use a new --out file or the same --model"
+            f"{path}:{done.line} was written for task {done.task!r}, this run is {task!r}; use a new --out file"
         )
     if done.context_key is not None and done.context_key != context.key():
         raise BatchError(
-            f"{where}: context {context.name!r} of study {study_id!r} was run with other settings; "
+            f"{path}:{done.line}: context {context.name!r} of study {study_id!r} was run with other settings; "
             "use a new --out file or the same contexts file"
         )
+
+
+def check_model(done: dict[tuple[str, str], DoneLine], model_id: str, path: Path) -> None:
+    """Refuse to append to a results file written by another model."""
+    for line in sorted(done.values(), key=lambda d: d.line):
+        if line.model_id is not None and line.model_id != model_id:
+            raise BatchError(
+                f"{path}:{line.line} was written by model {line.model_id!r}, this run uses {model_id!r}; "
+                "use a new --out file or the same --model"
+            )
+
+
+def plan_batch(
+    dataset: Dataset, specs: Sequence[ContextSpec], out: Path, *, limit: int | None = None, task: str = REPORTING
+) -> tuple[list[PlannedStudy], dict[tuple[str, str], DoneLine]]:
+    """Every study (manifest order) with its contexts and the ones `out` still lacks, and the lines already done.
+
+    Refuses a results file whose lines were written for another task or with other context settings.
+    """
+    entries = dataset.entries[:limit] if limit is not None else dataset.entries
+    done = read_done(out)
+    plan = []
+    for entry in entries:
+        contexts = tuple(spec.resolve(entry) for spec in specs)
+        for context in contexts:
+            if (entry.study_id, context.name) in done:
+                _check_resume(done[(entry.study_id, context.name)], entry.study_id, context, task, out)
+        pending = tuple(c for c in contexts if (entry.study_id, c.name) not in done)
+        plan.append(PlannedStudy(entry, contexts, pending))
+    return plan, done
 
 
 def run_batch(
@@ -258,77 +343,73 @@ def run_batch(
     task: str = REPORTING,
 ) -> BatchSummary:
     """Generate and append the missing lines of `out`; see the module docstring for the format."""
-    entries = dataset.entries[:limit] if limit is not None else dataset.entries
-    done = read_done(out)
-    plan = []
-    for entry in entries:
-        contexts = [spec.resolve(entry) for spec in specs]
-        for context in contexts:
-            if (entry.study_id, context.name) in done:
-                _check_resume(
-                    done[(entry.study_id, context.name)], entry.study_id, context, backend.info.model_id, task, out
-                )
-        pending = [c for c in contexts if (entry.study_id, c.name) not in done]
-        plan.append((entry, contexts, pending))
-    summary = BatchSummary(skipped=sum(1 for _, _, pending in plan if not pending))
+    plan, done = plan_batch(dataset, specs, out, limit=limit, task=task)
+    check_model(done, backend.info.model_id, out)
+    summary = BatchSummary(skipped=sum(1 for planned in plan if not planned.pending))
     out.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(plan), initial=summary.skipped, unit="study", file=sys.stderr, disable=not progress)
     start = time.perf_counter()
     with out.open("ab") as handle, bar:
-        for entry, contexts, pending in plan:
-            if not pending:
+        for planned in plan:
+            if not planned.pending:
                 continue
-            lines = _run_study(dataset, entry, contexts, pending, backend, task, summary)
+            result = _run_study(dataset, planned, backend, task)
             began = time.perf_counter()
-            for line in lines:
+            for line in result.lines:
                 handle.write(json.dumps(line).encode() + b"\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             summary.writing_s += time.perf_counter() - began
-            summary.studies += 1
-            summary.lines += len(lines)
+            summary.add(result)
             bar.update(1)
             bar.set_postfix(errors=summary.errors, refresh=False)
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
-def _run_study(
-    dataset: Dataset,
-    entry: StudyEntry,
-    contexts: list[PromptContext],
-    pending: list[PromptContext],
-    backend: Backend,
-    task: str,
-    summary: BatchSummary,
-) -> list[dict[str, Any]]:
+def _run_study(dataset: Dataset, planned: PlannedStudy, backend: Backend, task: str) -> StudyResult:
     """All contexts of one study in one backend call; lines for the pending ones (error lines on failure)."""
-    timings: dict[str, float] = {}
+    return generate_lines(planned, load_study(dataset, planned.entry.study_id), backend, task)
+
+
+def load_study(dataset: Dataset, study_id: str) -> LoadedStudy:
+    """Decode a study's images; a failure is kept as its message, for the study's error lines."""
     began = time.perf_counter()
     try:
-        study = dataset.load_study(entry.study_id)
-        timings["load_s"] = round(time.perf_counter() - began, 4)
-        summary.images_s += time.perf_counter() - began
-        began = time.perf_counter()
-        try:
-            reports = _run_task(backend, task, study, contexts)
-        finally:
-            summary.model_s += time.perf_counter() - began
-        timings["generate_s"] = round(time.perf_counter() - began, 4)
+        study = dataset.load_study(study_id)
+    except Exception as exc:  # one bad study must not stop the run; its lines record what happened
+        return LoadedStudy(None, _error_message(exc), time.perf_counter() - began)
+    return LoadedStudy(study, None, time.perf_counter() - began)
+
+
+def generate_lines(planned: PlannedStudy, loaded: LoadedStudy, backend: Backend, task: str) -> StudyResult:
+    """Run `task` on a decoded study, all its contexts in one backend call; lines for the pending contexts.
+
+    Raises `UnsupportedTaskError` (no study can succeed: the run stops); any other failure becomes error lines."""
+    study_id = planned.entry.study_id
+    if loaded.study is None:
+        lines = [result_line(study_id, c, task, backend, None, loaded.error, {}) for c in planned.pending]
+        return StudyResult(study_id, lines, loaded.load_s, 0.0, loaded.error)
+    timings = {"load_s": round(loaded.load_s, 4)}
+    began = time.perf_counter()
+    try:
+        reports = _run_task(backend, task, loaded.study, list(planned.contexts))
     except UnsupportedTaskError:
-        raise  # no study can succeed: stop the run
-    except Exception as exc:  # one bad study must not stop the run; the line records what happened
-        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BackendError | ValueError) else str(exc)
-        summary.errors += 1
-        summary.error_messages.append(f"{entry.study_id}: {message}")
-        return [result_line(entry.study_id, c, task, backend, None, message, timings) for c in pending]
+        raise
+    except Exception as exc:  # one bad study must not stop the run; its lines record what happened
+        message = _error_message(exc)
+        lines = [result_line(study_id, c, task, backend, None, message, timings) for c in planned.pending]
+        return StudyResult(study_id, lines, loaded.load_s, time.perf_counter() - began, message)
+    generate_s = time.perf_counter() - began
+    timings["generate_s"] = round(generate_s, 4)
     by_name = {r.context.name: r for r in reports}
-    return [
+    lines = [
         result_line(
-            entry.study_id, c, task, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)}
+            study_id, c, task, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)}
         )
-        for c in pending
+        for c in planned.pending
     ]
+    return StudyResult(study_id, lines, loaded.load_s, generate_s, None)
 
 
 def _run_task(backend: Backend, task: str, study: Study, contexts: list[PromptContext]) -> list[Report]:
@@ -336,6 +417,23 @@ def _run_task(backend: Backend, task: str, study: Study, contexts: list[PromptCo
     if task == BOX_COMPLETION:
         return backend.complete_boxes(study, study.reference_findings, contexts)
     return backend.generate(study, contexts)
+
+
+def _error_message(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, BackendError | ValueError) else f"{type(exc).__name__}: {exc}"
+
+
+def _run_on_ray(args: argparse.Namespace, dataset: Dataset, specs: list[ContextSpec], options: dict) -> BatchSummary:
+    """`--engine ray`: the same run on a Ray cluster; the model is built in the workers, never here."""
+    try:
+        from model_backend.ray_batch import RayOptions, run_ray_batch
+    except ImportError as exc:
+        raise BatchError(f"--engine ray needs Ray: pip install -r requirements-ray.txt ({exc})") from exc
+    ray_options = RayOptions(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
+    return run_ray_batch(
+        dataset, specs, args.model, args.out, ray_options,
+        backend_options=options, limit=args.limit, progress=not args.no_progress, task=TASKS[args.task],
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -346,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--contexts", type=Path, default=None, help="named contexts (.json/.yaml); default: own sections"
     )
-    parser.add_argument("--model", default="demo", help="demo, a snapshot folder, hub id, azureml:URL, ...")
+    parser.add_argument("--model", default="demo", help="demo, a snapshot folder, hub id, http(s)://.../score, ...")
     parser.add_argument("--out", type=Path, required=True, help="results JSONL (appended to when it exists)")
     parser.add_argument(
         "--task", choices=sorted(TASKS), default="reporting",
@@ -355,12 +453,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N studies of the manifest")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap generated tokens (local models only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess", help="where the model runs")
+    ray_group = parser.add_argument_group("Ray engine (--engine ray; pip install -r requirements-ray.txt)")
+    ray_group.add_argument("--address", default=None, help="auto, HOST:PORT or ray://HOST:PORT; default: a local one")
+    ray_group.add_argument("--workers", type=int, default=1, help="model actors, each builds the model once")
+    ray_group.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per model actor")
+    ray_group.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per model actor")
+    ray_group.add_argument("--batch-size", type=int, default=8, help="studies per map_batches call")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if args.workers < 1 or args.batch_size < 1 or args.gpus_per_worker < 0 or args.cpus_per_worker <= 0:
+        parser.error("--workers and --batch-size take positive numbers, --gpus-per-worker >= 0, --cpus-per-worker > 0")
     backend_options: dict[str, Any] = {}
     if args.max_new_tokens is not None:
-        if args.max_new_tokens < 1 or args.model.startswith(("azureml:", "replay:")):
+        if args.max_new_tokens < 1 or args.model.startswith(("azureml:", "replay:", "http://", "https://")):
             parser.error("--max-new-tokens takes a positive number and applies to local models only")
         from model_backend.backends.local import GenerationSettings  # torch: only when a local model is asked for
 
@@ -370,13 +477,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = load_manifest(args.data, cache_size=1)
         for row_error in dataset.errors:
             print(f"manifest {row_error} (skipped)", file=sys.stderr)
-        began = time.perf_counter()
-        backend = load_backend(args.model, **backend_options)
-        ready = f"model {backend.info.model_id} ({backend.info.name}) ready in {time.perf_counter() - began:.1f} s"
-        print(ready, file=sys.stderr)
-        summary = run_batch(
-            dataset, specs, backend, args.out, limit=args.limit, progress=not args.no_progress, task=TASKS[args.task]
-        )
+        if args.engine == "ray":
+            summary = _run_on_ray(args, dataset, specs, backend_options)
+        else:
+            began = time.perf_counter()
+            backend = load_backend(args.model, **backend_options)
+            ready = f"model {backend.info.model_id} ({backend.info.name}) ready in {time.perf_counter() - began:.1f} s"
+            print(ready, file=sys.stderr)
+            summary = run_batch(
+                dataset, specs, backend, args.out, limit=args.limit, progress=not args.no_progress,
+                task=TASKS[args.task],
+            )  # fmt: skip
     except (BatchError, DatasetError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -387,4 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The importable module's main, so this run and model_backend.ray_batch share one BatchError class.
+    from model_backend.batch import main as module_main
+
+    sys.exit(module_main())

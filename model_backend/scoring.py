@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -204,6 +205,16 @@ def make_router(backend: Backend, access: RouteAccess | str | None, *, max_bytes
         return JSONResponse(payload, status_code=status)
 
     return router
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name to listen on) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _client(request: Request) -> str:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import is_loopback, scoring_refusal
+from app import scoring_refusal
+from model_backend.scoring import is_loopback
 from tests.app_process import running_app
 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "samples" / "nih_cxr14_bbox" / "00016487_002.png"

@@ -1,11 +1,13 @@
-"""A remote CXRReportGen scoring endpoint (Azure ML online endpoint or `/score` of this app).
+"""A remote CXRReportGen scoring endpoint: Azure ML online endpoint, `/score` of this app or of
+`python -m model_backend.serve` (Ray Serve).
 
 Each context of a study becomes one request row (frontal image, plus lateral / prior when the
 context uses them, plus its text sections); up to `MAX_ROWS` rows go in one POST. Images travel
 as PNG of the study's 8-bit display rendition; the endpoint normalises them again as MAIRA-2
 does. The key comes from an environment variable (never from the command line) and is sent as
-`Authorization: Bearer KEY`. 429 and 5xx answers and connection failures are retried with
-exponential backoff, honouring `Retry-After`.
+`Authorization: Bearer KEY`; Azure ML endpoints always need one, a self-hosted endpoint may be
+open (`key_required=False`: no key, no header). 429 and 5xx answers and connection failures are
+retried with exponential backoff, honouring `Retry-After`.
 """
 
 from __future__ import annotations
@@ -41,22 +43,27 @@ class AzureMLBackend:
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 1.0,
+        name: str = "azureml",
+        key_required: bool = True,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BackendError(f"azureml: expected an http(s) scoring URL, got {url!r}")
+            raise BackendError(f"{name}: expected an http(s) scoring URL, got {url!r}")
         key = os.environ.get(api_key_env, "").strip()
-        if not key:
-            raise BackendError(f"azureml: set the environment variable {api_key_env} to the endpoint's key")
+        if not key and key_required:
+            raise BackendError(f"{name}: set the environment variable {api_key_env} to the endpoint's key")
         self.url = url
         self.api_key_env = api_key_env
+        self.has_key = bool(key)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self._session = requests.Session()
-        self._session.headers.update({"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        self._session.headers.update({"Content-Type": "application/json"})
+        if key:
+            self._session.headers.update({"Authorization": f"Bearer {key}"})
         self.info = BackendInfo(
-            name="azureml",
+            name=name,
             model_id=f"{parts.scheme}://{parts.netloc}{parts.path}",
             device="remote",
             dtype="remote",
@@ -89,7 +96,7 @@ class AzureMLBackend:
 
     def complete_boxes(self, study: Study, findings: Sequence[str], contexts: Sequence[PromptContext]) -> list[Report]:
         raise UnsupportedTaskError(
-            "box completion is not supported by the azureml backend: the CXRReportGen endpoint writes whole "
+            f"box completion is not supported by the {self.info.name} backend: the CXRReportGen endpoint writes whole "
             "reports and cannot be given the sentences; use a local MAIRA-2 model for that"
         )
 
@@ -116,11 +123,11 @@ class AzureMLBackend:
             try:
                 response = self._session.post(self.url, data=body, timeout=(CONNECT_TIMEOUT, self.timeout))
             except requests.exceptions.ReadTimeout as exc:
-                raise BackendError(f"azureml: the endpoint did not answer within {self.timeout:g} s") from exc
+                raise BackendError(f"{self.info.name}: the endpoint did not answer within {self.timeout:g} s") from exc
             except requests.exceptions.ConnectionError as exc:
                 if last_try:
                     raise BackendError(
-                        f"azureml: cannot reach {self.info.model_id} after {attempt + 1} attempts ({exc})"
+                        f"{self.info.name}: cannot reach {self.info.model_id} after {attempt + 1} attempts ({exc})"
                     ) from exc
                 time.sleep(self.backoff * 2**attempt)
                 continue
@@ -133,26 +140,30 @@ class AzureMLBackend:
     def _parse(self, response: requests.Response, rows: list[ScoringRow]) -> list[tuple[str, list]]:
         status = response.status_code
         if status in (401, 403):
+            if not self.has_key:
+                raise BackendError(
+                    f"{self.info.name}: the endpoint wants a key (HTTP {status}); set ${self.api_key_env} to it"
+                )
             raise BackendError(
-                f"azureml: the endpoint rejected the key from ${self.api_key_env} (HTTP {status}); "
+                f"{self.info.name}: the endpoint rejected the key from ${self.api_key_env} (HTTP {status}); "
                 "check the key and that it belongs to this endpoint"
             )
         if status != 200:
-            raise BackendError(f"azureml: the endpoint answered HTTP {status}: {_error_message(response)}")
+            raise BackendError(f"{self.info.name}: the endpoint answered HTTP {status}: {_error_message(response)}")
         try:
             payload = response.json()
         except ValueError as exc:
-            raise BackendError(f"azureml: the endpoint's answer is not JSON: {response.text[:200]!r}") from exc
+            raise BackendError(f"{self.info.name}: the endpoint's answer is not JSON: {response.text[:200]!r}") from exc
         if not isinstance(payload, list):
             raise BackendError(
-                f"azureml: unexpected answer from the endpoint: expected a JSON list, got {payload!r:.200}"
+                f"{self.info.name}: unexpected answer from the endpoint: expected a JSON list, got {payload!r:.200}"
             )
         try:
             decoded = decode_response(payload)
         except ProtocolError as exc:
-            raise BackendError(f"azureml: unexpected answer from the endpoint: {exc}") from exc
+            raise BackendError(f"{self.info.name}: unexpected answer from the endpoint: {exc}") from exc
         if len(decoded) != len(rows):
-            raise BackendError(f"azureml: sent {len(rows)} rows but the endpoint answered {len(decoded)}")
+            raise BackendError(f"{self.info.name}: sent {len(rows)} rows but the endpoint answered {len(decoded)}")
         raw = [item["output"] if isinstance(item["output"], str) else json.dumps(item["output"]) for item in payload]
         return list(zip(raw, decoded, strict=True))
 
@@ -178,7 +189,7 @@ def _png(image: XrayImage, cache: dict[str, bytes]) -> bytes:
     if image.content_key not in cache:
         ok, buffer = cv2.imencode(".png", image.display)
         if not ok:
-            raise BackendError("azureml: could not encode the image as PNG")
+            raise BackendError("could not encode the image as PNG for the scoring endpoint")
         cache[image.content_key] = buffer.tobytes()
     return cache[image.content_key]
 
