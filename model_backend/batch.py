@@ -404,9 +404,7 @@ def generate_lines(planned: PlannedStudy, loaded: LoadedStudy, backend: Backend,
     timings["generate_s"] = round(generate_s, 4)
     by_name = {r.context.name: r for r in reports}
     lines = [
-        result_line(
-            study_id, c, task, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)}
-        )
+        result_line(study_id, c, task, backend, by_name[c.name], None, {**timings, **dict(by_name[c.name].timings)})
         for c in planned.pending
     ]
     return StudyResult(study_id, lines, loaded.load_s, generate_s, None)
