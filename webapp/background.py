@@ -7,9 +7,11 @@ themselves active so that background work steps aside.
 `BackgroundWork` runs one daemon thread that follows the reviewer: when a study is opened it is
 given a plan (warm the open study if it has no stored report, then pre-generate the next N
 studies of the current list under the current context into the report store). Only the latest
-plan matters; a plan is dropped as soon as a newer one arrives. Before each job, and between the
-findings of a streaming generation, the thread waits while a person's call is running, and a
-generation interrupted that way is abandoned (nothing half-done is stored) and retried later.
+plan matters; a plan is dropped as soon as a newer one arrives, and work starts only once no newer
+plan has arrived for `SETTLE_S` (the page that asked is answered first, a fast reader pages on).
+Before each job, and between the findings of a streaming generation, the thread waits while a
+person's call is running, and a generation interrupted that way is abandoned (nothing half-done is
+stored) and retried later.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from model_backend.backends.base import Backend
 from model_backend.types import PromptContext, Report, Study
 
 log = logging.getLogger(__name__)
+SETTLE_S = 0.5
 
 
 class ModelGate:
@@ -121,6 +124,10 @@ class BackgroundWork:
                 while self._plan is None:
                     self._idle.set()
                     self._cond.wait()
+                # Let the page that asked for this plan be answered first (and a quick reader page on):
+                # start only once no newer plan has arrived for `SETTLE_S`.
+                while self._cond.wait_for(lambda g=self._generation: self._generation != g, timeout=SETTLE_S):
+                    pass
                 plan, generation, self._plan = self._plan, self._generation, None
             try:
                 self._run(plan, generation)

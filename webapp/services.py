@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from model_backend.backends.base import Backend, BackendError
+from model_backend.backends.base import REPORTING, Backend, BackendError
 from model_backend.datasets import Dataset
 from model_backend.images import ImageLoadError
 from model_backend.types import PromptContext, Report, Study
@@ -164,8 +164,10 @@ class AppServices:
         return entry.effective_context(base)
 
     # ------------------------------------------------------------------ reports
-    def stored_report(self, ref: StudyRef, study: Study, context: PromptContext) -> StoredReport | None:
-        return self.reports.latest(self.dataset_of(ref), study.study_id, context, study.images_key())
+    def stored_report(
+        self, ref: StudyRef, study: Study, context: PromptContext, task: str = REPORTING
+    ) -> StoredReport | None:
+        return self.reports.latest(self.dataset_of(ref), study.study_id, context, study.images_key(), task)
 
     def store(self, report: Report, dataset: str, source: str) -> StoredReport:
         settings = getattr(self.backend, "settings", None)
@@ -186,6 +188,14 @@ class AppServices:
         """MAIRA-2 phrase grounding on the frontal image, stored like any report."""
         with self.gate.call("ground", study.study_id, user=True):
             report = self.backend.ground_phrase(study, phrase)
+        return self.store(report, self.dataset_of(ref), "app")
+
+    def complete_boxes(self, ref: StudyRef, study: Study, context: PromptContext) -> StoredReport:
+        """Box completion: the study's reference sentences, forced, and the model's boxes for them (stored)."""
+        if not study.reference_findings:
+            raise ValueError("This study has no reference findings, so there is nothing to complete boxes for.")
+        with self.gate.call("complete_boxes", study.study_id, user=True):
+            (report,) = self.backend.complete_boxes(study, list(study.reference_findings), [context])
         return self.store(report, self.dataset_of(ref), "app")
 
     def compare(self, ref: StudyRef, study: Study, contexts: Sequence[PromptContext]) -> list[StoredReport]:

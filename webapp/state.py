@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+from model_backend.backends.base import BOX_COMPLETION, REPORTING
 from webapp.services import StudyRef, Switches
 
 
@@ -18,6 +19,7 @@ class TabState:
     query: str = ""
     unreviewed_only: bool = False
     switches: Switches = field(default_factory=Switches)
+    task: str = REPORTING  # what Generate does and which stored report is shown: reporting or box_completion
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Address:
     report: str | None = None
     switches: Switches = field(default_factory=Switches)
     view: str = "review"
+    task: str = REPORTING
     push: bool = True
 
 
@@ -52,6 +55,7 @@ def parse_address(query: str | dict[str, str], push: bool = True) -> Address:
         report=params.get("report") or None,
         switches=Switches(flag("lateral"), flag("prior"), flag("grounded")),
         view=view if view in VIEWS else "review",
+        task=BOX_COMPLETION if params.get("task") == BOX_COMPLETION else REPORTING,
         push=push,
     )
 

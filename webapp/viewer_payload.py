@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from model_backend.degenerate import degenerate_flags
 from model_backend.types import Report, Study, XrayImage
 from webapp.reviews import FindingVerdict, ReportVerdict
 from webapp.viewer import DisplayImageCache, layers_from_report, reference_layers
@@ -127,7 +128,6 @@ def report_payload(
     streaming: bool = False,
     verdicts: Mapping[int, FindingVerdict] | None = None,
     report_verdict: ReportVerdict | None = None,
-    flags: Sequence[str] = (),
     colours: Sequence[str] | None = None,
     dash: str = "",
 ) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def report_payload(
         "complete": report.complete,
         "streaming": streaming,
         "warnings": list(report.warnings),
-        "flags": list(flags),
+        "flags": [] if streaming else [f"{f.name}: {f.reason}" for f in degenerate_flags(report)],
         "raw_text": report.raw_text,
         "timings": dict(report.timings),
         "image_width": report.image_width,

@@ -3,7 +3,7 @@
 // Gradio runs this once per component with `element`, `props`, `trigger`, `server` and `watch`.
 // The server sends data only when data changes: `props.value` (a study: pictures, sizes, window
 // ranges, reference boxes), `props.report` (findings with IMAGE-frame boxes and verdicts),
-// `props.grounding` (a phrase-grounding result), `props.reviewer`, `props.mode`. Every display
+// `props.grounding` (a phrase-grounding result), `props.reviewer`, `props.view_mode`. Every display
 // state (visibility, isolate, hover, zoom/pan, opacity, line width, reference layer, window/level
 // values, invert) lives here, so toggles repaint without a request.
 //
@@ -52,7 +52,7 @@
   const typing = (t) => t && (t.isContentEditable || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
     (t.tagName === "INPUT" && !["checkbox", "radio", "button", "range", "submit"].includes((t.type || "").toLowerCase())));
 
-  const mode = props.mode || "review";
+  const mode = props.view_mode || "review";
   const S = {
     study: null, report: null, grounding: null, hidden: new Set(), isolate: null, active: 0,
     view: null, opacity: 0.15, lineWidth: 2, showRef: true, showGrounding: true, invert: false,
@@ -395,7 +395,10 @@
     legendTools.replaceChildren();
     const fs = findings();
     if (!S.report) {
-      list.append(el("li", { class: "ws-none" }, S.study ? "No report for this study and context yet. Press Generate (g)." : ""));
+      const none = props.task === "box_completion"
+        ? "No box completion for this study and context yet. Press Complete boxes (g)."
+        : "No report for this study and context yet. Press Generate (g).";
+      list.append(el("li", { class: "ws-none" }, S.study ? none : ""));
       return;
     }
     if (fs.length) {
@@ -524,7 +527,10 @@
     const r = S.report;
     generateBtn.hidden = mode !== "review";
     generateBtn.disabled = !S.study || S.busy;
-    generateBtn.textContent = S.busy ? "Generating…" : r && r.report_id ? "Regenerate" : "Generate";
+    const boxes = props.task === "box_completion";
+    generateBtn.textContent = S.busy ? (boxes ? "Completing…" : "Generating…")
+      : boxes ? (r && r.report_id ? "Complete boxes again" : "Complete boxes")
+      : r && r.report_id ? "Regenerate" : "Generate";
     status.replaceChildren();
     if (!r) return;
     const when = r.created ? new Date(r.created).toLocaleString() : "";
@@ -532,6 +538,9 @@
       [r.report_id ? "stored report" : "", r.model, r.weights ? `weights ${r.weights}` : "", when, r.source].filter(Boolean).join(" · ");
     status.append(el("div", { class: "ws-provenance" }, line));
     status.append(el("div", { class: "ws-context" }, r.context));
+    if (r.task === "box_completion") {
+      status.append(el("div", { class: "ws-task" }, "Box completion: the radiologist's sentences, the model's boxes (the radiologist's boxes: white dots)."));
+    }
     if (r.demo) status.append(el("span", { class: "demo" }, "demo model: synthetic phantoms, no medical meaning"));
     const problems = [...(r.flags || []), ...(!r.complete && !r.streaming ? ["incomplete or malformed output"] : [])];
     if (problems.length) status.append(el("div", { class: "ws-flags" }, `⚠ ${problems.join(" · ")}`));
@@ -601,7 +610,11 @@
     for (const img of views) if (study.shared_pictures) img.src = pictures.get(img.key) || "";
     if (S.study === study) { picture.setAttribute("href", currentImage().src); drawThumbs(); }
   };
+  // Performance marks (read by benchmarks/bench_viewer.py): data arrived, picture painted.
+  const markPainted = (name) => requestAnimationFrame(() => performance.mark(`cxr-${mode}-${name}`));
+  picture.addEventListener("load", () => markPainted("study-painted"));
   const setStudy = (study) => {
+    performance.mark(`cxr-${mode}-study-data`);
     say("", "info");
     S.study = study && study.frontal ? study : null;
     S.hidden.clear(); S.isolate = null; S.active = 0; S.main = "frontal"; S.win = {};
@@ -633,6 +646,7 @@
     if (S.study) resolvePictures(S.study);
   };
   const setReport = (report) => {
+    performance.mark(`cxr-${mode}-report-data`);
     // Toggles and the selected row belong to one list of findings: kept while the same report (or the
     // generation that is producing it) is on screen, reset for any other report. Zoom is never reset here.
     const continuing = S.report && report && (S.report.streaming || (S.report.report_id && S.report.report_id === report.report_id));
@@ -645,6 +659,7 @@
     renderList();
     renderReportVerdict();
     renderDetails();
+    markPainted("report-painted");
   };
   const setGrounding = (grounding) => {
     S.grounding = grounding || null;
@@ -655,7 +670,7 @@
   };
 
   // The address bar describes what is on screen; back/forward ask the app to open that address.
-  const OWN_PARAMS = /^(study|upload|report|lateral|prior|grounded|view|[A-D](\..+)?)$/;
+  const OWN_PARAMS = /^(study|upload|report|lateral|prior|grounded|task|view|[A-D](\..+)?)$/;
   const updateAddress = (url) => {
     if (!url) return;
     const u = new URL(window.location);
@@ -731,6 +746,7 @@
   watch("report", () => setReport(props.report));
   watch("grounding", () => setGrounding(props.grounding));
   watch("address", () => updateAddress(props.address));
+  watch("task", () => { renderHead(); renderList(); });
   watch("message", () => {
     if (!props.message) return;
     say(props.message.text, props.message.kind);

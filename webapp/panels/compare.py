@@ -20,9 +20,10 @@ from typing import Any
 import gradio as gr
 
 from model_backend.backends.base import BackendError
+from model_backend.degenerate import degenerate_flags
 from model_backend.images import ImageLoadError
 from model_backend.prompt_limits import MAX_SECTION_CHARS, SECTIONS
-from model_backend.types import PromptContext, Study
+from model_backend.types import PromptContext, Report, Study
 from webapp.compare import align_findings, context_difference, row_colours
 from webapp.panels.components import workstation
 from webapp.panels.review import ReviewPanel
@@ -97,12 +98,20 @@ def columns_from_address(params: dict[str, str], study: Study) -> list[Any] | No
 
 
 def default_columns(study: Study) -> list[Any]:
-    """A: the study's own sections; B: the same without the prior; C, D: off (same as A when enabled)."""
+    """A: the study's own sections; B: the same with one thing taken away (the prior if the study has one,
+    else the lateral, else the indication); C, D: off (same as A when enabled)."""
+    own = [getattr(study.context, f) or "" for f in SECTIONS]
     values: list[Any] = []
     for n in range(len(NAMES)):
-        values.append(n < 2)
-        values += [getattr(study.context, f) or "" for f in SECTIONS]
-        values += [True, n != 1, True]
+        texts, flags = list(own), [True, True, True]
+        if n == 1:
+            if study.prior_frontal is not None:
+                flags[1] = False
+            elif study.lateral is not None:
+                flags[0] = False
+            else:
+                texts[0] = ""
+        values += [n < 2, *texts, *flags]
     return values
 
 
@@ -114,7 +123,7 @@ def columns_html(stored: Sequence[StoredReport], colours: list[list[str]]) -> st
     base = reports[0].context
     head = "".join(
         f"<th>{html.escape(r.context.name)}: {html.escape(context_difference(base, r.context) if k else 'base')}"
-        f" <span class='dash-sample dash-{r.context.name}'></span></th>"
+        f" <span class='dash-sample dash-{r.context.name}'></span>{_flags_html(r)}</th>"
         for k, r in enumerate(reports)
     )
     body = []
@@ -134,6 +143,13 @@ def columns_html(stored: Sequence[StoredReport], colours: list[list[str]]) -> st
             )
         body.append(f"<tr class='{row.status}'>{''.join(cells)}</tr>")
     return f"<table class='compare'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _flags_html(report: Report) -> str:
+    flags = degenerate_flags(report)
+    if not flags:
+        return ""
+    return "<div class='flags'>⚠ " + " · ".join(html.escape(f"{f.name}: {f.reason}") for f in flags) + "</div>"
 
 
 def combined_payload(stored: Sequence[StoredReport], colours: list[list[str]]) -> dict[str, Any]:
@@ -202,9 +218,9 @@ def build(services: AppServices, review: ReviewPanel, tab: gr.Tab) -> None:
                 raise ValueError("Enable at least one context.")
             stored = {c.name: services.stored_report(ref, study, c) for c in contexts}
             todo = [c for c in contexts if run == "all" or (run == "missing" and stored[c.name] is None)]
-            if todo:
-                for item in services.compare(ref, study, todo):
-                    stored[item.report.context.name] = item
+            if todo:  # (two contexts with the same settings get the same stored report)
+                for context, item in zip(todo, services.compare(ref, study, todo), strict=True):
+                    stored[context.name] = item
         except (StudyUnavailable, BackendError, ImageLoadError, ValueError) as err:
             return (f"<div class='error-box'>{html.escape(str(err))}</div>", gr.update(), *[gr.update()] * len(NAMES))
         ready = [stored[c.name] for c in contexts if stored[c.name] is not None]

@@ -32,12 +32,13 @@ def workstation(
         elem_id=elem_id,
         elem_classes=["workstation"],
         server_functions=list(server_functions) or None,
-        mode=mode,
+        view_mode=mode,
         report=None,
         grounding=None,
         reviewer="",
         message=None,
         address=None,
+        task="reporting",
         **props,
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from model_backend.backends.base import BackendError
+from model_backend.backends.base import BOX_COMPLETION, REPORTING, BackendError
 from model_backend.images import ImageLoadError
 from model_backend.prompt_limits import MAX_SECTION_CHARS
 from model_backend.types import PromptContext, Report, Study
@@ -116,6 +116,10 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
                     for label, key in (("Indication", "indication"), ("Technique", "technique"),
                                        ("Comparison", "comparison"), ("Prior report", "prior_report"))
                 ]  # fmt: skip
+                task_mode = gr.Radio(
+                    [("Generate a report", REPORTING), ("Complete boxes for the reference sentences", BOX_COMPLETION)],
+                    value=REPORTING, label="Task", elem_id="task-mode",
+                )  # fmt: skip
                 with gr.Row():
                     use_lateral = gr.Checkbox(label="Lateral", value=True, elem_id="use-lateral", min_width=60)
                     use_prior = gr.Checkbox(label="Prior", value=True, elem_id="use-prior", min_width=60)
@@ -183,6 +187,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         if context is not None:
             params.update(lateral=int(context.use_lateral), prior=int(context.use_prior),
                           grounded=int(context.grounded))  # fmt: skip
+        params["task"] = tab.task if tab.task != REPORTING else None
         return params
 
     def open_outputs(
@@ -200,11 +205,12 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
             value = study_payload(study, position, upload=tab.ref is not None and tab.ref.kind == "upload")
         report = stored_payload(stored, reviewer_name) if stored else None
         ws_update = gr.HTML(
-            value=value, report=report, grounding=None, reviewer=reviewer_name,
+            value=value, report=report, grounding=None, reviewer=reviewer_name, task=tab.task,
             address=address(tab, context, pinned, push), message=message(note, "warn") if note and study else None,
         )  # fmt: skip
         sections = context_fields(study, context)
-        return (tab, ws_update, *sections, *switch_updates(study, tab.switches), listing_payload(tab, reviewer_name))
+        return (tab, ws_update, *sections, *switch_updates(study, tab.switches), tab.task,
+                listing_payload(tab, reviewer_name))  # fmt: skip
 
     def context_fields(study: Study | None, context: PromptContext | None) -> list[Any]:
         if study is None or context is None:
@@ -237,24 +243,25 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
             note = "The report in this address is not stored for this study; showing its latest report."
         if stored is not None:
             context = stored.report.context
+            tab.task = stored.report.task
             tab.switches = Switches(context.use_lateral or tab.switches.use_lateral,
                                     context.use_prior or tab.switches.use_prior, context.grounded)  # fmt: skip
         else:
             pinned = None
             context = services.default_context(study, tab.switches)
-            stored = services.stored_report(ref, study, context)
+            stored = services.stored_report(ref, study, context, tab.task)
         if stored is None or pinned is None:
             services.follow(ref, tab.listing, tab.switches)
         return open_outputs(tab, study, context, stored, reviewer_name, push=push, pinned=pinned, note=note)
 
     # ------------------------------------------------------------ events: opening and navigation
-    open_outputs_list = [state, ws, *sections, *switch_boxes, studies]
+    open_outputs_list = [state, ws, *sections, *switch_boxes, task_mode, studies]
 
     def open_address(address: Address, tab: TabState, name: str, request: gr.Request | None):
         reviewer_name = reviewer_of(name, request, auth)
         if not tab.listing and not tab.query and not tab.unreviewed_only:
             tab.listing = list(services.study_ids)
-        tab.switches = address.switches
+        tab.switches, tab.task = address.switches, address.task
         if address.upload:
             return open_ref(tab, StudyRef("upload", address.upload), reviewer_name, push=address.push)
         study_id = address.study
@@ -332,8 +339,9 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         return tab.ref, services.load(tab.ref)
 
     def on_context(tab: TabState, name: str, request: gr.Request, *values: Any):
-        """Switches or sections changed: show the stored report for the new context (or none)."""
-        *texts, lateral, prior, ground = values
+        """Switches, sections or the task changed: show the stored report for them (or none)."""
+        *texts, lateral, prior, ground, task = values
+        tab.task = task if task in (REPORTING, BOX_COMPLETION) else REPORTING
         tab.switches = replace(tab.switches, grounded=bool(ground),
                                use_lateral=bool(lateral) if lateral is not None else tab.switches.use_lateral,
                                use_prior=bool(prior) if prior is not None else tab.switches.use_prior)  # fmt: skip
@@ -342,18 +350,23 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         except StudyUnavailable:
             return tab, gr.update()
         context = services.context_for(study, texts, tab.switches)
-        stored = services.stored_report(ref, study, context)
+        stored = services.stored_report(ref, study, context, tab.task)
         tab.report_id = stored.report_id if stored else None
         reviewer_name = reviewer_of(name, request, auth)
         report = stored_payload(stored, reviewer_name) if stored else None
-        return tab, gr.HTML(report=report, address=address(tab, context, None, False))
+        return tab, gr.HTML(report=report, task=tab.task, address=address(tab, context, None, False))
 
     def on_generate(tab: TabState, name: str, request: gr.Request, *values: Any) -> Iterator[tuple[Any, ...]]:
-        *texts, lateral, prior, ground = values
+        *texts, lateral, prior, ground, task = values
         reviewer_name = reviewer_of(name, request, auth)
         try:
             ref, study = current(tab)
             context = services.context_for(study, texts, Switches(bool(lateral), bool(prior), bool(ground)))
+            if task == BOX_COMPLETION:
+                stored = services.complete_boxes(ref, study, context)
+                tab.report_id = stored.report_id
+                yield tab, gr.HTML(report=stored_payload(stored, reviewer_name), message=message("", "info"))
+                return
             for item in services.generate(ref, study, context):
                 if isinstance(item, Report):
                     yield tab, gr.HTML(report=report_payload(item, streaming=True))
@@ -415,7 +428,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         return rows
 
     # ------------------------------------------------------------ wiring
-    context_inputs = [*sections, *switch_boxes]
+    context_inputs = [*sections, *switch_boxes, task_mode]
     loaded = demo.load(lambda saved: saved, reviewer_store, reviewer)
     opened = loaded.then(on_load, [state, reviewer], [*open_outputs_list, progress, tabs])
     reviewer.change(lambda name: name, reviewer, reviewer_store)
@@ -427,7 +440,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
     unreviewed_btn.click(next_unreviewed, [state, reviewer], open_outputs_list)
     search.submit(refilter, [search, unreviewed_only, state, reviewer], [state, studies])
     unreviewed_only.input(refilter, [search, unreviewed_only, state, reviewer], [state, studies])
-    for box in switch_boxes:
+    for box in [*switch_boxes, task_mode]:
         box.input(on_context, [state, reviewer, *context_inputs], [state, ws])
     for field in sections:
         field.blur(on_context, [state, reviewer, *context_inputs], [state, ws])
