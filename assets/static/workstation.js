@@ -615,7 +615,6 @@
   picture.addEventListener("load", () => markPainted("study-painted"));
   const setStudy = (study) => {
     performance.mark(`cxr-${mode}-study-data`);
-    say("", "info");
     S.study = study && study.frontal ? study : null;
     S.hidden.clear(); S.isolate = null; S.active = 0; S.main = "frontal"; S.win = {};
     for (const k of Object.keys(draft)) delete draft[k];
@@ -747,12 +746,16 @@
   watch("grounding", () => setGrounding(props.grounding));
   watch("address", () => updateAddress(props.address));
   watch("task", () => { renderHead(); renderList(); });
-  watch("message", () => {
+  const showMessage = () => {
     if (!props.message) return;
     say(props.message.text, props.message.kind);
     if (props.message.kind === "error") { S.busy = false; renderHead(); }
-  });
+  };
+  watch("message", showMessage);
+  // Data that arrived before this script ran (the page's first answer can beat it).
   setStudy(props.value);
   setReport(props.report);
   setGrounding(props.grounding);
+  updateAddress(props.address);
+  showMessage();
 })();

@@ -13,8 +13,7 @@ from tests.browser.conftest import SAMPLES, ReviewPage, new_review_page
 
 pytestmark = pytest.mark.browser
 
-STUDY = "nih_00029808_003"
-FIRST = "nih_00005066_030"
+FIRST = "nih_00005066_030"  # the demo model writes six findings here
 SIIM_DICOM = next((SAMPLES / "dicom").glob("siim_*.dcm"))
 PAYLOADS = (
     '<a href="https://phish.example/login" id="phish-link">Your session expired: sign in again</a>',
@@ -27,11 +26,9 @@ def test_agreement_between_two_reviewers(browser: Browser, app_url: str) -> None
     pages = []
     for name, verdicts in (("dr-one", ("correct", "false_finding")), ("dr-two", ("correct", "correct"))):
         review, errors = new_review_page(browser, app_url)
-        review.open(f"study={STUDY}")
+        review.open(f"study={FIRST}")
         review.set_reviewer(name)
-        if "stored report" not in review.report_status():
-            review.generate()
-        review.wait_for_report()
+        assert review.generate() >= 2  # greedy decoding: both reviewers see the same stored report
         for index, verdict in enumerate(verdicts):
             review.page.locator(
                 f"{review.WS} .ws-row[data-index='{index}'] .ws-chips.text [data-value='{verdict}']"
@@ -89,6 +86,7 @@ def test_wrong_and_broken_uploads_get_a_sentence_and_a_dicom_opens(review: Revie
         page.click("#open-upload")
         expect(page.locator("#upload-msg")).to_contain_text("Upload rejected")
         expect(page.locator("#upload-msg")).to_contain_text(expected)
+        page.locator("#up-frontal button[aria-label='Clear']").click()  # as a person removes the file
     page.locator("#up-frontal input[type=file]").set_input_files(str(SIIM_DICOM))
     page.click("#open-upload")
     expect(page.locator(f"{review.WS} .ws-caption")).to_contain_text("upload-", timeout=60_000)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -221,6 +221,9 @@ def build(services: AppServices, review: ReviewPanel, tab: gr.Tab) -> None:
             if todo:  # (two contexts with the same settings get the same stored report)
                 for context, item in zip(todo, services.compare(ref, study, todo), strict=True):
                     stored[context.name] = item
+            # A stored report keeps the context name it was made under ("A" in Review, "default" in a batch
+            # run): show it under this column's name (same settings, same prompt, same report id).
+            stored = {c.name: None if stored[c.name] is None else as_column(stored[c.name], c) for c in contexts}
         except (StudyUnavailable, BackendError, ImageLoadError, ValueError) as err:
             return (f"<div class='error-box'>{html.escape(str(err))}</div>", gr.update(), *[gr.update()] * len(NAMES))
         ready = [stored[c.name] for c in contexts if stored[c.name] is not None]
@@ -246,29 +249,40 @@ def build(services: AppServices, review: ReviewPanel, tab: gr.Tab) -> None:
             view_updates.append(gr.HTML(visible=name in enabled, report=report, **shared))
         return (_table(study, ready, colours, missing), combined_update, *view_updates)
 
-    def on_open(tab: TabState, known: str, request: gr.Request, *values: Any) -> tuple[Any, ...]:
-        """The tab was selected or the page loaded: new study -> fill the columns (from the address or the
-        study's sections) and send the picture; then show every stored report (no model call)."""
+    def columns_for(tab: TabState, known: str, params: dict[str, str] | None) -> tuple[Any, ...]:
+        """Fill the columns for the Review tab's study (from address `params` when given, else the study's own
+        sections) and show it with every stored report (no model call). With `params` None and the same study
+        as before (`known`), nothing changes: the columns and reports on screen are already this study's."""
+        unchanged = (known, *[gr.update()] * len(inputs), *[gr.update()] * len(outputs))
         try:
             _, study = current_study(tab)
         except StudyUnavailable as err:
             return (known, *[gr.update()] * len(inputs), f"<div class='muted'>{html.escape(str(err))}</div>",
-                    gr.update(), *[gr.update()] * len(NAMES))  # fmt: skip
+                    *[gr.update()] * (len(outputs) - 1))  # fmt: skip
         key = study.images_key()
-        if key == known:
-            return (known, *[gr.update()] * len(inputs), *show(tab, values, "none"))
-        params = dict(request.query_params) if request is not None else {}
-        values = tuple(columns_from_address(params, study) or default_columns(study))
+        if params is None and key == known:
+            return unchanged
+        values = tuple((columns_from_address(params, study) if params else None) or default_columns(study))
         return (key, *values, *show(tab, values, "none", study_payload(study)))
+
+    def on_page_load(tab: TabState, known: str, request: gr.Request) -> tuple[Any, ...]:
+        return columns_for(tab, known, dict(request.query_params) if request is not None else {})
+
+    def on_tab_select(tab: TabState, known: str) -> tuple[Any, ...]:
+        return columns_for(tab, known, None)
 
     outputs = [table, combined, *views]
     run_btn.click(lambda tab, *v: show(tab, v, "missing"), [review.state, *inputs], outputs)
     regenerate_btn.click(lambda tab, *v: show(tab, v, "all"), [review.state, *inputs], outputs)
     for column in columns:
         column.enabled.input(lambda tab, *v: show(tab, v, "none"), [review.state, *inputs], outputs)
-    open_inputs = [review.state, shown, *inputs]
-    review.opened.then(on_open, open_inputs, [shown, *inputs, *outputs])
-    tab.select(on_open, open_inputs, [shown, *inputs, *outputs])
+    review.opened.then(on_page_load, [review.state, shown], [shown, *inputs, *outputs])
+    tab.select(on_tab_select, [review.state, shown], [shown, *inputs, *outputs])
+
+
+def as_column(item: StoredReport, context: PromptContext) -> StoredReport:
+    """`item` labelled with a comparison column's context (which has the same prompt settings)."""
+    return replace(item, report=replace(item.report, context=context))
 
 
 def _table(study: Study, ready: Sequence[StoredReport], colours: list[list[str]], missing: Sequence[str]) -> str:

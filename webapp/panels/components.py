@@ -24,33 +24,27 @@ def workstation(
     *, elem_id: str, mode: str, server_functions: Sequence[Callable[..., Any]] = (), **props: Any
 ) -> gr.HTML:
     """The grounding viewer + findings list (`mode` "review": with Generate and verdicts; "compare": read-only)."""
-    return gr.HTML(
-        None,
-        html_template="<div></div>",
-        js_on_load=(STATIC / "workstation.js").read_text(encoding="utf-8"),
-        apply_default_css=False,
-        elem_id=elem_id,
-        elem_classes=["workstation"],
-        server_functions=list(server_functions) or None,
-        view_mode=mode,
-        report=None,
-        grounding=None,
-        reviewer="",
-        message=None,
-        address=None,
-        task="reporting",
+    return _scripted(
+        "workstation.js", elem_id, elem_classes=["workstation"], server_functions=list(server_functions) or None,
+        view_mode=mode, report=None, grounding=None, reviewer="", message=None, address=None, task="reporting",
         **props,
-    )
+    )  # fmt: skip
 
 
 def study_list(*, elem_id: str) -> gr.HTML:
     """The current list of studies; a click triggers its `open` event with `{"study_id": ...}`."""
+    return _scripted("studylist.js", elem_id)
+
+
+def _scripted(script: str, elem_id: str, **options: Any) -> gr.HTML:
+    """A `gr.HTML` with a constant template whose DOM is built by `assets/static/<script>`."""
     return gr.HTML(
         None,
         html_template="<div></div>",
-        js_on_load=(STATIC / "studylist.js").read_text(encoding="utf-8"),
+        js_on_load=(STATIC / script).read_text(encoding="utf-8"),
         apply_default_css=False,
         elem_id=elem_id,
+        **options,
     )
 
 

@@ -9,6 +9,7 @@ callback answers with a sentence on the page when something cannot be done; none
 
 from __future__ import annotations
 
+import html
 import logging
 import tempfile
 import time
@@ -39,9 +40,6 @@ class ReviewPanel:
 
     state: gr.State
     nav_target: gr.Textbox  # write `webapp.state.nav_value(...)` here to open something in this tab
-    reviewer: gr.Textbox
-    sections: list[gr.Textbox]
-    switches: list[gr.Checkbox]
     opened: Any  # the page-load event after the first study is open (other panels chain `.then` on it)
 
 
@@ -109,7 +107,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
                 next_btn = gr.Button("→", elem_id="next-study", size="sm", min_width=40)
                 unreviewed_btn = gr.Button("Next unreviewed", elem_id="next-unreviewed", size="sm")
             studies = study_list(elem_id="study-list")
-            progress = gr.Markdown("", elem_id="progress")
+            progress = gr.HTML("", elem_id="progress")
             with gr.Accordion("Prompt context", open=True, elem_id="context-box"):
                 sections = [
                     gr.Textbox(label=label, lines=1, max_lines=4, max_length=MAX_SECTION_CHARS, elem_id=f"ctx-{key}")
@@ -166,7 +164,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         if not reviewer_name:
             return "Enter your name to record verdicts."
         done, total = services.reviews.progress(services.dataset.name, reviewer_name, services.study_ids)
-        return f"**{reviewer_name}**: {done} / {total} studies reviewed"
+        return f"<b>{html.escape(reviewer_name)}</b>: {done} / {total} studies reviewed"
 
     def stored_payload(stored: StoredReport, reviewer_name: str) -> dict:
         return report_payload(
@@ -206,7 +204,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         report = stored_payload(stored, reviewer_name) if stored else None
         ws_update = gr.HTML(
             value=value, report=report, grounding=None, reviewer=reviewer_name, task=tab.task,
-            address=address(tab, context, pinned, push), message=message(note, "warn") if note and study else None,
+            address=address(tab, context, pinned, push), message=message(note, "warn"),  # "" clears the last one
         )  # fmt: skip
         sections = context_fields(study, context)
         return (tab, ws_update, *sections, *switch_updates(study, tab.switches), tab.task,
@@ -442,14 +440,14 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
     unreviewed_only.input(refilter, [search, unreviewed_only, state, reviewer], [state, studies])
     for box in [*switch_boxes, task_mode]:
         box.input(on_context, [state, reviewer, *context_inputs], [state, ws])
-    for field in sections:
-        field.blur(on_context, [state, reviewer, *context_inputs], [state, ws])
+    for field in sections:  # Enter in a section shows that context's stored report (Generate reads them anyway)
+        field.submit(on_context, [state, reviewer, *context_inputs], [state, ws])
     ws.generate(on_generate, [state, reviewer, *context_inputs], [state, ws], concurrency_limit=None)
     ws.ground(on_ground, [state], [ws])
     ws.verdict_saved(after_verdict, [state, reviewer], [studies, progress])
     export_btn.click(export, [export_fmt, reviewer], export_files)
     agreement_btn.click(agreement, state, agreement_table)
-    return ReviewPanel(state, nav_target, reviewer, sections, switch_boxes, opened)
+    return ReviewPanel(state, nav_target, opened)
 
 
 def _agree(value: bool | None) -> str:
