@@ -231,11 +231,18 @@ def distributions_figure(data: DashboardData, rows: Sequence[Row]) -> go.Figure:
                 figure.add_trace(_study_points(data, rows, metric, slot, series), row=row, col=col)
         figure.update_xaxes(range=[0, 1], dtick=1 / N_BINS, showgrid=True, gridcolor="#ccc", row=row, col=col,
                             title={"text": na_note(data.series, metric), "font": {"size": 11}})  # fmt: skip
-        figure.update_yaxes(rangemode="tozero", title_text="studies" if col == 1 else None, row=row, col=col)
+        figure.update_yaxes(title_text="studies" if col == 1 else None, row=row, col=col)
+    tallest = max([3, *(y for trace in figure.data for y in trace.y)])
+    figure.update_yaxes(range=[0, tallest + 0.8], **count_ticks(tallest))  # one scale for every metric
     figure.add_traces(_legend(data))
     figure.update_layout(height=700, margin={"l": 50, "r": 10, "t": 60, "b": 30}, plot_bgcolor="white",
                          legend={"orientation": "h", "y": -0.12}, clickmode="event")  # fmt: skip
     return figure
+
+
+def count_ticks(top: int) -> dict[str, Any]:
+    """Axis settings for counts up to `top`: whole numbers only (every one up to 10)."""
+    return {"tickformat": "d", "dtick": 1} if top <= 10 else {"tickformat": "d"}
 
 
 def box_centres(rows: Sequence[Row]) -> np.ndarray:
@@ -287,8 +294,8 @@ def heatmap_figure(data: DashboardData, rows: Sequence[Row]) -> go.Figure:
         figure.update_yaxes(range=[1, 0], constrain="domain", dtick=0.25, scaleanchor=f"x{suffix}", scaleratio=1,
                             row=row, col=col)  # fmt: skip
     figure.add_traces(_legend(data))
-    figure.update_layout(height=60 + 320 * n_rows, margin={"l": 40, "r": 10, "t": 60, "b": 10}, plot_bgcolor="white",
-                         legend={"orientation": "h", "y": -0.02, "yanchor": "top"})  # fmt: skip
+    figure.update_layout(height=80 + 320 * n_rows, margin={"l": 40, "r": 10, "t": 60, "b": 10}, plot_bgcolor="white",
+                         legend={"orientation": "h", "y": -0.1 / n_rows, "yanchor": "top"})  # fmt: skip
     return figure
 
 
@@ -318,8 +325,10 @@ def findings_figure(data: DashboardData, rows: Sequence[Row]) -> go.Figure:
         [go.Bar(x=[None], y=[None], marker_color=s.colour, name=html.escape(f"{s.label} · n/a: findings given"))
          for s in data.series if s.task != REPORTING]
     )  # fmt: skip
+    top = max([1, *(n for c in counts.values() for n in c.values())])
     figure.update_layout(barmode="group", height=300, margin={"l": 50, "r": 10, "t": 50, "b": 40}, plot_bgcolor="white",
-                         xaxis={"title": "findings in the report", "dtick": 1}, yaxis={"title": "reports"})  # fmt: skip
+                         xaxis={"title": "findings in the report", "dtick": 1},
+                         yaxis={"title": "reports", **count_ticks(top)})  # fmt: skip
     return figure
 
 
@@ -360,10 +369,10 @@ def html_table(table: Table, series: Sequence[Series] = (), caption: str = "") -
     def cell(value: str) -> str:
         return f"<td class='na'>{html.escape(value)}</td>" if value in (NA, "-") else f"<td>{html.escape(value)}</td>"
 
-    lines = [f"<caption>{html.escape(caption)}</caption>" if caption else ""]
+    lines = [f"<p class='dash-caption'>{html.escape(caption)}</p>" if caption else "", "<table class='dash-table'>"]
     lines.append("<thead><tr>" + "".join(head(h) for h in header) + "</tr></thead><tbody>")
     lines += ["<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in body]
-    return "<table class='dash-table'>" + "".join(lines) + "</tbody></table>"
+    return "".join(lines) + "</tbody></table>"
 
 
 def summary_html(data: DashboardData) -> str:
@@ -377,7 +386,7 @@ def pairs_html(data: DashboardData) -> str:
     """Paired differences B - A of every metric, per pair of contexts of the same task."""
     if not data.summary.pairs:
         return "<p>One context per task: no differences to show.</p>"
-    caption = "Differences between contexts: B − A over the studies of both (n), paired bootstrap 95% CI, p"
+    caption = "Differences between contexts: B - A over the studies of both (n), paired bootstrap 95% CI, p"
     return html_table(pairs_table(data.summary), caption=caption)
 
 

@@ -4,6 +4,7 @@ click on a study's row or point that opens its batch report in Review without ca
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, expect
@@ -47,7 +48,9 @@ def expect_review_shows(review: ReviewPage, study_id: str, sentence: str) -> Non
     assert box is not None and -2 < box["y"] < 100, box  # scrolled to the viewer, not left halfway down
 
 
-def test_every_context_is_shown_and_box_metrics_of_the_ungrounded_one_are_na(review: ReviewPage) -> None:
+def test_every_context_is_shown_and_box_metrics_of_the_ungrounded_one_are_na(
+    review: ReviewPage, artifacts: Path
+) -> None:
     open_dashboard(review)
     page = review.page
     header = page.locator("#dash-summary thead th").all_inner_texts()
@@ -57,6 +60,10 @@ def test_every_context_is_shown_and_box_metrics_of_the_ungrounded_one_are_na(rev
     legend = page.locator("#dash-dist .legendtext")
     expect(legend).to_have_text(["default", f"{DASHBOARD_UNGROUNDED} · ungrounded: box metrics n/a"])
     expect(page.locator("#dash-dist")).to_contain_text(f"n/a for {DASHBOARD_UNGROUNDED}: ungrounded context")
+    heat = page.locator("#dash-heat")
+    for text in ("default (2 boxes)", f"{DASHBOARD_UNGROUNDED} (0 boxes)", "n/a: ungrounded context (no boxes)"):
+        expect(heat).to_contain_text(text)
+    page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
 
     page.locator("#dash-flag-filter label", has_text="repetition (2)").click()
     expect(page.locator("#dash-shown")).to_contain_text("Showing 2 of 4 reports flagged repetition.")
@@ -86,9 +93,9 @@ def test_a_table_row_opens_that_contexts_batch_report_without_a_model_call(brows
     assert not errors, errors
 
 
-def test_a_plot_point_opens_its_study_with_its_report(review: ReviewPage) -> None:
-    open_dashboard(review)
-    point = review.page.locator(DIST_POINTS).first  # the first facet is box precision: the grounded context
+def click_point(review: ReviewPage) -> None:
+    """Click the first dot of the distributions (the first facet is box precision: the grounded context)."""
+    point = review.page.locator(DIST_POINTS).first
     expect(point).to_be_attached(timeout=60_000)
     point.scroll_into_view_if_needed()
     box = point.bounding_box()
@@ -96,6 +103,20 @@ def test_a_plot_point_opens_its_study_with_its_report(review: ReviewPage) -> Non
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     review.page.mouse.move(x, y)
     review.page.mouse.click(x, y)
+
+
+def test_a_plot_point_opens_its_study_with_its_report_every_time(review: ReviewPage) -> None:
+    open_dashboard(review)
+    click_point(review)
     studies = "|".join(DASHBOARD_STUDIES)
     expect(review.page.locator(f"{review.WS} .ws-caption")).to_have_text(re.compile(f"^({studies}) ·"))
-    expect_review_shows(review, review.study_id(), DASHBOARD_FINDING)
+    study = review.study_id()
+    expect_review_shows(review, study, DASHBOARD_FINDING)
+
+    other = next(s for s in DASHBOARD_STUDIES if s != study)  # elsewhere, then the same point again
+    review.open_tab("Dashboard")
+    table_row(review, other, "default").locator("[role=gridcell]").first.click()
+    review.wait_for_study(other)
+    review.open_tab("Dashboard")
+    click_point(review)
+    expect_review_shows(review, study, DASHBOARD_FINDING)
