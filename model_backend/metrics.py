@@ -24,8 +24,15 @@ boxes of the classes it names, and a reference class's evidence is the generated
 
 Text: ROUGE-L F1 from `rouge-score` (its tokenizer, Porter stemmer on) and corpus BLEU-4 from
 `sacrebleu` (default 13a tokenisation, lowercase=True), reported in [0, 1] (sacrebleu's score / 100).
-Every row also carries its context's `grounded` setting and its degenerate-output flags
-(`model_backend.degenerate`). Summaries, intervals and context differences:
+Every row also carries its task, its context's `grounded` setting and its degenerate-output flags
+(`model_backend.degenerate`).
+
+Box completion (results lines with "task": "box_completion", `python -m model_backend.batch --task
+box-completion`): the model was given the manifest's reference findings and wrote only their boxes,
+so such a line gets the box metrics above (the model card's Box-Completion precision/recall are box
+precision/recall here, with RADFact's definitions beside them) and no text metrics: ROUGE-L, BLEU-4
+and the model-based text metrics are not applicable (`summary.TEXT_GIVEN`). A results file may mix
+both tasks; lines are keyed by (task, study, context). Summaries, intervals and context differences:
 `model_backend.evaluation.summary`; model-based metrics (CheXbert, RadGraph, LLM entailment):
 `model_backend.evaluation.model_metrics`.
 """
@@ -46,6 +53,7 @@ import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from model_backend.backends.base import BOX_COMPLETION, REPORTING
 from model_backend.boxes import clip_box, model_to_image_box, normalise_image_box
 from model_backend.degenerate import Flag, degenerate_flags
 from model_backend.evaluation.bleu import bleu_statistics
@@ -297,11 +305,14 @@ def study_row(
     *,
     grounded: bool = True,
     flags: Sequence[Flag] = (),
+    task: str = REPORTING,
 ) -> dict[str, Any]:
-    """All per-study numbers for one (study, context), as a flat dict (the per-study CSV row).
+    """All per-study numbers for one (task, study, context), as a flat dict (the per-study CSV row).
 
     `grounded` is the context's setting: box metric values of an ungrounded context are None (not
-    applicable; box counts stay); `flags` are the report's degenerate-output flags.
+    applicable; box counts stay); `flags` are the report's degenerate-output flags. For the
+    box-completion task `findings` are the reference findings with the model's boxes, and the text
+    metrics are None (not applicable: the text was given).
     """
     box = study_box_metrics(findings, image_width, image_height, reference_boxes)
     radfact = radfact_box_scores(*radfact_phrases(findings, image_width, image_height, reference_boxes))
@@ -319,10 +330,11 @@ def study_row(
             per_class[name].update(fractions(precision, recall) if grounded else dict.fromkeys(radfact.as_row()))
     generated_text = " ".join(f.text for f in findings)
     reference_text = " ".join(reference_findings)
-    has_reference = bool(reference_text.strip())
+    scores_text = bool(reference_text.strip()) and task != BOX_COMPLETION
     return {
         "study_id": study_id,
         "context": context,
+        "task": task,
         "grounded": grounded,
         "flags": {flag.name: flag.reason for flag in flags},
         "n_pred_boxes": box.n_pred_boxes,
@@ -333,12 +345,13 @@ def study_row(
         "recall_hits": box.recall_hits,
         **(box_values if grounded else dict.fromkeys(box_values)),  # not applicable, not 0
         "per_class": per_class,
-        "rouge_l": rouge_l(generated_text, reference_text) if has_reference else None,
-        "bleu_stats": bleu_statistics(generated_text, reference_text) if has_reference else None,
+        "rouge_l": rouge_l(generated_text, reference_text) if scores_text else None,
+        "bleu_stats": bleu_statistics(generated_text, reference_text) if scores_text else None,
         "generated_text": generated_text,
         "reference_text": reference_text,
         "generated_sentences": [f.text for f in findings],
         "reference_sentences": list(reference_findings),
+        "generated_boxes": [list(b.as_tuple()) for f in findings for b in f.model_boxes or ()],
     }
 
 
@@ -436,13 +449,31 @@ def _report(record: dict, study_id: str, context: str, findings: list[Finding], 
     )
 
 
+def _context_of(record: dict, task: str) -> tuple[str, bool]:
+    """(context name, grounded) of a results line; box completion always runs on the grounded prompt."""
+    raw = record["context"]
+    if not isinstance(raw, dict):
+        return str(raw), True
+    return str(raw["name"]), task == BOX_COMPLETION or raw.get("grounded", True) is not False
+
+
+def _check_completed_findings(findings: Sequence[Finding], reference: Sequence[str], where: str) -> None:
+    """A box-completion line must hold the manifest's reference findings (else it was run on another manifest)."""
+    if [f.text.strip() for f in findings] != [s.strip() for s in reference]:
+        raise MetricsInputError(
+            f"{where}: a box-completion line whose findings are not the manifest's reference_findings "
+            "(results of another manifest?)"
+        )
+
+
 def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, Any]]:
-    """Results JSONL + manifest JSONL -> `study_row` dicts, one per (study, context) line.
+    """Results JSONL + manifest JSONL -> `study_row` dicts, one per (task, study, context) line.
 
     A results line holds `study_id`, `context` (a name, or an object with a "name" and optionally
     "grounded"; a bare name counts as grounded), `output` (protocol findings: list or JSON
-    string) and `image_width` / `image_height`; `raw_text`, `complete` and `warnings` (as the
-    batch runner writes them) feed the degenerate-output flags, recomputed from the line.
+    string) and `image_width` / `image_height`; `task` ("reporting" when absent, or
+    "box_completion"); `raw_text`, `complete` and `warnings` (as the batch runner writes them) feed
+    the degenerate-output flags, recomputed from the line.
     """
     references = load_manifest_references(manifest_path)
     rows, seen = [], set()
@@ -453,29 +484,34 @@ def evaluate_results(results_path: Path, manifest_path: Path) -> list[dict[str, 
         missing = [k for k in ("study_id", "context", "output", "image_width", "image_height") if k not in record]
         if missing:
             raise MetricsInputError(f"{where}: missing {', '.join(missing)}")
+        task = record.get("task") or REPORTING
+        if task not in (REPORTING, BOX_COMPLETION):
+            raise MetricsInputError(f"{where}: unknown task {task!r} (expected {REPORTING!r} or {BOX_COMPLETION!r})")
         study_id = str(record["study_id"])
-        raw_context = record["context"]
-        context = raw_context["name"] if isinstance(raw_context, dict) else str(raw_context)
-        grounded = raw_context.get("grounded", True) is not False if isinstance(raw_context, dict) else True
+        context, grounded = _context_of(record, task)
         width, height = record["image_width"], record["image_height"]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
             raise MetricsInputError(f"{where}: image_width and image_height must be positive integers")
         if study_id not in references:
             raise MetricsInputError(f"{where}: study {study_id!r} is not in the manifest {manifest_path}")
-        if (study_id, context) in seen:
-            raise MetricsInputError(f"{where}: a second line for study {study_id!r}, context {context!r}")
-        seen.add((study_id, context))
+        key = (task, study_id, context)
+        if key in seen:
+            raise MetricsInputError(f"{where}: a second line for study {study_id!r}, context {context!r} ({task})")
+        seen.add(key)
         try:
             decoded = decode_output(record["output"])
         except ProtocolError as exc:
             raise MetricsInputError(f"{where}: {exc}") from exc
         findings = [Finding(text, None if boxes is None else tuple(boxes)) for text, boxes in decoded]
-        flags = degenerate_flags(_report(record, study_id, context, findings, width, height))
         ref = references[study_id]
+        if task == BOX_COMPLETION:
+            _check_completed_findings(findings, ref["reference_findings"], where)
+        flags = degenerate_flags(_report(record, study_id, context, findings, width, height))
         ref_boxes = [_reference_box(b, width, height, f"{manifest_path}:{ref['line']}") for b in ref["reference_boxes"]]
-        ref_text = ref["reference_findings"]
-        row = study_row(study_id, context, findings, width, height, ref_boxes, ref_text, grounded=grounded, flags=flags)
-        rows.append(row)
+        rows.append(
+            study_row(study_id, context, findings, width, height, ref_boxes, ref["reference_findings"],
+                      grounded=grounded, flags=flags, task=task)
+        )  # fmt: skip
     if not rows:
         raise MetricsInputError(f"{results_path}: no result lines")
     return rows
@@ -502,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetricsInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = add_model_metrics(rows, args)
+    run = add_model_metrics([r for r in rows if r["task"] == REPORTING], args)  # box completion: text given
     summary = summarise(rows, args.resamples, args.seed, skipped=run.skipped, models=run.settings)
     print(format_summary(summary))
     if args.out is not None:

@@ -93,12 +93,15 @@ class ReportStore:
         )
         return _stored(rows[0]) if rows else None
 
-    def find_batch_report(self, dataset: str, study_id: str, context_name: str) -> StoredReport | None:
-        """The newest imported batch report of a study under a context *name* (as the batch runner named it)."""
+    def find_batch_report(
+        self, dataset: str, study_id: str, context_name: str, task: str = "reporting"
+    ) -> StoredReport | None:
+        """The newest imported batch report of a study for a task under a context *name* (as the batch runner
+        named it)."""
         rows = self.db.query(
             f"""SELECT {_COLUMNS} FROM reports WHERE dataset = ? AND study_id = ? AND source LIKE 'batch:%'
-            AND json_extract(report, '$.context.name') = ? ORDER BY created DESC LIMIT 1""",
-            (dataset, study_id, context_name),
+            AND json_extract(report, '$.context.name') = ? AND task = ? ORDER BY created DESC LIMIT 1""",
+            (dataset, study_id, context_name, task),
         )
         return _stored(rows[0]) if rows else None
 

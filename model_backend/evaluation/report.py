@@ -1,4 +1,5 @@
-"""The metrics CLI's outputs: printed tables, the per-study CSV, the summary CSV (long form) and JSON."""
+"""The metrics CLI's outputs: tables (printed here, drawn by the dashboard), the per-study CSV, the summary CSV
+(long form) and JSON."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from model_backend.degenerate import FLAGS
-from model_backend.evaluation.summary import NOT_APPLICABLE, RECORD_FIELDS, Estimate, Summary
+from model_backend.evaluation.metric_specs import CHEXBERT_CLASS_METRIC
+from model_backend.evaluation.summary import RECORD_FIELDS, Estimate, Summary, is_not_applicable
 from model_backend.paired_stats import PairedDifference
 
-# In the JSON rows, not the per-study CSV: BLEU's sufficient statistics, sentence lists (the texts are there).
-_INTERNAL_KEYS = ("bleu_stats", "generated_sentences", "reference_sentences")
+# In the JSON rows, not the per-study CSV: BLEU's sufficient statistics, sentence lists (the texts are there),
+# the generated model-frame boxes.
+_INTERNAL_KEYS = ("bleu_stats", "generated_sentences", "reference_sentences", "generated_boxes")
+
+
+Table = tuple[list[str], list[list[str]]]  # header, body: every cell a string
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
@@ -26,7 +32,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def format_estimate(e: Estimate) -> str:
     """'0.512 [0.401, 0.623]', 'n/a' (not applicable) or '-' (no data)."""
     if e.value is None:
-        return "n/a" if e.note == NOT_APPLICABLE else "-"
+        return "n/a" if is_not_applicable(e.note) else "-"
     return f"{e.value:.3f} [{e.lo:.3f}, {e.hi:.3f}]" if e.lo is not None else f"{e.value:.3f}"
 
 
@@ -39,9 +45,8 @@ def format_difference(d: PairedDifference | None) -> str:
     return f"{d.difference:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] p={d.p_value:.3f}"
 
 
-def format_summary(summary: Summary) -> str:
-    """All sections of the CLI's printed output."""
-    names = list(summary.contexts)
+def context_table(summary: Summary) -> Table:
+    """Counts and every metric (value [95% CI]) per context (per task and context)."""
     contexts = list(summary.contexts.values())
     counts = [
         ["studies", *(str(c.counts["n_studies"]) for c in contexts)],
@@ -57,34 +62,56 @@ def format_summary(summary: Summary) -> str:
             ]
         )
     metric_rows = [[m.label, *(format_estimate(c.metrics[m.key]) for c in contexts)] for m in summary.metrics]
+    return ["metric", *summary.contexts], counts + metric_rows
+
+
+def flags_table(summary: Summary) -> Table:
+    """Studies flagged / studies, per degenerate-output flag and context."""
+    contexts = list(summary.contexts.values())
+    body = [[f, *(f"{c.flags[f]}/{c.counts['n_studies']}" for c in contexts)] for f in FLAGS]
+    return ["flag", *summary.contexts], body
+
+
+def pairs_table(summary: Summary) -> Table:
+    """Every metric's difference B - A [95% CI] p, per pair of contexts of the same task."""
+    body = [[m.label, *(format_difference(p.metrics[m.key]) for p in summary.pairs)] for m in summary.metrics]
+    return ["metric", *(p.label for p in summary.pairs)], body
+
+
+def class_table(summary: Summary) -> Table:
+    """Per class and metric, value [95% CI] per context; rows where no context has a value are left out."""
+    contexts = list(summary.contexts.values())
+    labels = {m.key: m.label for m in summary.metrics} | {CHEXBERT_CLASS_METRIC: "CheXpert F1"}
+    body = []
+    for cls in sorted({cls for c in contexts for cls in c.per_class}):
+        for key in dict.fromkeys(k for c in contexts for k in c.per_class.get(cls, {})):
+            estimates = [c.per_class.get(cls, {}).get(key) for c in contexts]
+            cells = ["-" if e is None else format_estimate(e) for e in estimates]
+            if any(cell not in ("-", "n/a") for cell in cells):
+                body.append([f"{cls} / {labels[key]}", *cells])
+    return ["class / metric", *summary.contexts], body
+
+
+def format_summary(summary: Summary) -> str:
+    """All sections of the CLI's printed output."""
     n_resamples = summary.settings.get("n_resamples")
     parts = [
         f"Metrics per context: value [95% CI], percentile bootstrap over studies ({n_resamples} resamples)",
-        _table(["metric", *names], counts + metric_rows),
+        _table(*context_table(summary)),
         "",
         "Degenerate outputs: studies flagged",
-        _table(["flag", *names], [[f, *(f"{c.flags[f]}/{c.counts['n_studies']}" for c in contexts)] for f in FLAGS]),
+        _table(*flags_table(summary)),
     ]
     if summary.pairs:
-        pair_names = [f"{p.b} - {p.a} ({p.n_studies})" for p in summary.pairs]
-        rows = [[m.label, *(format_difference(p.metrics[m.key]) for p in summary.pairs)] for m in summary.metrics]
         parts += [
             "",
             "Differences between contexts: B - A over the studies of both (n), paired bootstrap 95% CI, "
             "approximate-randomisation p",
-            _table(["metric", *pair_names], rows),
+            _table(*pairs_table(summary)),
         ]
-    class_rows = []
-    labels = {m.key: m.label for m in summary.metrics} | {"chexbert_f1": "CheXpert F1"}
-    for cls in sorted({cls for c in contexts for cls in c.per_class}):
-        keys = list(dict.fromkeys(k for c in contexts for k in c.per_class.get(cls, {})))
-        for key in keys:
-            estimates = [c.per_class.get(cls, {}).get(key) for c in contexts]
-            cells = ["-" if e is None else format_estimate(e) for e in estimates]
-            if any(cell not in ("-", "n/a") for cell in cells):
-                class_rows.append([f"{cls} / {labels[key]}", *cells])
+    header, class_rows = class_table(summary)
     if class_rows:
-        parts += ["", "Per class: value [95% CI]", _table(["class / metric", *names], class_rows)]
+        parts += ["", "Per class: value [95% CI]", _table(header, class_rows)]
     for family, setting in summary.settings.get("models", {}).items():
         parts.append(f"{family}: " + ", ".join(f"{k} {v}" for k, v in setting.items()))
     if summary.skipped:

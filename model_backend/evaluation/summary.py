@@ -6,9 +6,15 @@ sufficient statistics (`model_backend.paired_stats`), so a micro ratio stays a m
 corpus BLEU stays a corpus score under resampling. Intervals resample studies; differences pair
 the studies present in both contexts (B - A for contexts A, B in results-file order).
 
+Rows are grouped by (task, context): a results file may hold report generation ("reporting") and
+box completion ("box_completion") lines under the same context names. Each group is named by
+`group_label`; differences pair groups of the same task only (box completion is given the text,
+report generation writes it: their difference measures the task, not the context).
+
 Not applicable is not zero: box metrics of an ungrounded context (its `grounded` setting false)
-get no value and the note `NOT_APPLICABLE`; a metric without data (no box-annotated studies,
-no reference text) gets no value and the note `NO_DATA`. Families whose inputs were not computed
+get no value and the note `NOT_APPLICABLE`; text and text-based metrics of box completion (the
+text is the reference, given to the model) get the note `TEXT_GIVEN`; a metric without data (no
+box-annotated studies, no reference text) gets no value and the note `NO_DATA`. Families whose inputs were not computed
 at all (no CheXbert weights, no entailment endpoint) are left out and listed in `Summary.skipped`.
 """
 
@@ -21,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from model_backend.backends.base import BOX_COMPLETION, REPORTING
 from model_backend.degenerate import FLAGS
 from model_backend.evaluation.chexbert_labels import CHEXPERT_CLASSES
 from model_backend.evaluation.metric_specs import (
@@ -43,7 +50,25 @@ from model_backend.paired_stats import (
 )
 
 NOT_APPLICABLE = "n/a: ungrounded context"
+TEXT_GIVEN = "n/a: box completion (the text is given)"
 NO_DATA = "no data"
+
+
+def is_not_applicable(note: str | None) -> bool:
+    """Whether an estimate's note means "not applicable" (as opposed to no data)."""
+    return note is not None and note.startswith("n/a")
+
+
+def not_applicable(metric: Metric, task: str, grounded: bool) -> str | None:
+    """The reason `metric` does not apply to a group of this task and grounding, or None when it does."""
+    if metric.family == BOX:
+        return None if grounded or task == BOX_COMPLETION else NOT_APPLICABLE
+    return TEXT_GIVEN if task == BOX_COMPLETION else None
+
+
+def group_label(context: str, task: str = REPORTING) -> str:
+    """A (task, context) group's name in tables: the context name, with the task unless it is reporting."""
+    return context if task == REPORTING else f"{context} ({task.replace('_', ' ')})"
 
 
 @dataclass(frozen=True)
@@ -59,32 +84,49 @@ class Estimate:
 
 @dataclass(frozen=True)
 class ContextSummary:
-    """One context: counts, degenerate-output flag counts, metrics and per-class metrics."""
+    """One context of one task: counts, degenerate-output flag counts, metrics and per-class metrics."""
 
     name: str
+    task: str
     grounded: bool
     counts: dict[str, int]
     flags: dict[str, int]
     metrics: dict[str, Estimate]
     per_class: dict[str, dict[str, Estimate]]
 
+    @property
+    def label(self) -> str:
+        return group_label(self.name, self.task)
+
 
 @dataclass(frozen=True)
 class PairSummary:
-    """Differences B - A over the studies of both contexts (None where a side is not applicable)."""
+    """Differences B - A over the studies of both contexts of one task (None where the metric is not
+    applicable: `note` says why)."""
 
     a: str
     b: str
+    task: str
     n_studies: int
     metrics: dict[str, PairedDifference | None]
     per_class: dict[str, dict[str, PairedDifference | None]]
+
+    @property
+    def note(self) -> str:
+        """Why a None difference is not applicable: text given (box completion), else a side ungrounded."""
+        return TEXT_GIVEN if self.task == BOX_COMPLETION else NOT_APPLICABLE
+
+    @property
+    def label(self) -> str:
+        """'B - A (n)' with the groups' labels."""
+        return f"{group_label(self.b, self.task)} - {group_label(self.a, self.task)} ({self.n_studies})"
 
 
 @dataclass(frozen=True)
 class Summary:
     """Everything the metrics CLI prints and writes; see `to_dict` and `records` for plain forms."""
 
-    contexts: dict[str, ContextSummary]
+    contexts: dict[str, ContextSummary]  # by `ContextSummary.label`
     pairs: list[PairSummary]
     metrics: tuple[Metric, ...]
     skipped: dict[str, str] = field(default_factory=dict)
@@ -101,9 +143,10 @@ class Summary:
                 {
                     "a": p.a,
                     "b": p.b,
+                    "task": p.task,
                     "n_studies": p.n_studies,
-                    "metrics": {k: _pair_dict(v) for k, v in p.metrics.items()},
-                    "per_class": {c: {k: _pair_dict(v) for k, v in m.items()} for c, m in p.per_class.items()},
+                    "metrics": {k: _pair_dict(v, p.note) for k, v in p.metrics.items()},
+                    "per_class": {c: {k: _pair_dict(v, p.note) for k, v in m.items()} for c, m in p.per_class.items()},
                 }
                 for p in self.pairs
             ],
@@ -112,24 +155,26 @@ class Summary:
     def records(self) -> list[dict[str, Any]]:
         """Long form, one record per number (the summary CSV): context and pair estimates, flag counts."""
         out: list[dict[str, Any]] = []
-        for name, context in self.contexts.items():
-            for flag, count in context.flags.items():
-                out.append(_record("flags", name, None, None, flag, count, n_studies=context.counts["n_studies"]))
-            for cls, metrics in [(None, context.metrics), *context.per_class.items()]:
+        for c in self.contexts.values():
+            n_studies = c.counts["n_studies"]
+            for flag, count in c.flags.items():
+                out.append(_record("flags", c.name, None, c.task, None, flag, count, n_studies=n_studies))
+            for cls, metrics in [(None, c.metrics), *c.per_class.items()]:
                 for key, e in metrics.items():
-                    out.append(_record("context", name, None, cls, key, e.value, e.lo, e.hi, None, e.n_studies, e.note))
+                    values = (e.value, e.lo, e.hi, None, e.n_studies, e.note)
+                    out.append(_record("context", c.name, None, c.task, cls, key, *values))
         for pair in self.pairs:
             for cls, diffs in [(None, pair.metrics), *pair.per_class.items()]:
                 for key, d in diffs.items():
                     values = (None,) * 4 if d is None else (d.difference, d.lo, d.hi, d.p_value)
                     n_studies = pair.n_studies if d is None else d.n_studies
-                    note = NOT_APPLICABLE if d is None else None
-                    out.append(_record("difference", pair.a, pair.b, cls, key, *values, n_studies, note))
+                    note = pair.note if d is None else None
+                    out.append(_record("difference", pair.a, pair.b, pair.task, cls, key, *values, n_studies, note))
         return out
 
 
 RECORD_FIELDS = (
-    "section", "context", "context_b", "class", "metric", "value", "lo", "hi", "p_value", "n_studies", "note"
+    "section", "context", "context_b", "task", "class", "metric", "value", "lo", "hi", "p_value", "n_studies", "note"
 )  # fmt: skip
 
 
@@ -145,8 +190,8 @@ def _describe(metric: Metric) -> dict[str, str]:
     return {"label": metric.label, "family": metric.family, "definition": metric.definition}
 
 
-def _pair_dict(diff: PairedDifference | None) -> dict[str, Any]:
-    return {"note": NOT_APPLICABLE} if diff is None else asdict(diff)
+def _pair_dict(diff: PairedDifference | None, note: str) -> dict[str, Any]:
+    return {"note": note} if diff is None else asdict(diff)
 
 
 def _stats_matrix(rows: Sequence[Row], stats: Callable[[Row], Sequence[float] | None]) -> np.ndarray | None:
@@ -204,15 +249,22 @@ def context_counts(rows: Sequence[Row]) -> dict[str, int]:
     }
 
 
+def task_of(rows: Sequence[Row]) -> str:
+    """The task of one group's rows (rows without a "task" key are report generation)."""
+    return rows[0].get("task", REPORTING) if rows else REPORTING
+
+
 def summarise_context(
     name: str, rows: Sequence[Row], metrics: Sequence[Metric], n_resamples: int = N_RESAMPLES, seed: int = 0
 ) -> ContextSummary:
-    """One context's counts, flag counts, metrics and per-class metrics with bootstrap intervals."""
+    """One context's (one task's) counts, flag counts, metrics and per-class metrics with bootstrap intervals."""
     grounded = all(r.get("grounded", True) for r in rows)
+    task = task_of(rows)
 
     def estimate(metric: Metric) -> Estimate:
-        if metric.family == BOX and not grounded:
-            return Estimate(None, None, None, 0, NOT_APPLICABLE)
+        note = not_applicable(metric, task, grounded)
+        if note is not None:
+            return Estimate(None, None, None, 0, note)
         return _estimate(_stats_matrix(rows, metric.stats), metric.value_fn, n_resamples, seed)
 
     per_class = {
@@ -220,6 +272,7 @@ def summarise_context(
     }
     return ContextSummary(
         name=name,
+        task=task,
         grounded=grounded,
         counts=context_counts(rows),
         flags={flag: sum(1 for r in rows if flag in r.get("flags", {})) for flag in FLAGS},
@@ -243,7 +296,7 @@ def summarise_pair(
     paired_b = [by_study_b[r["study_id"]] for r in paired_a]
 
     def difference(metric: Metric) -> PairedDifference | None:
-        if metric.family == BOX and not (a.grounded and b.grounded):
+        if not_applicable(metric, a.task, a.grounded) or not_applicable(metric, b.task, b.grounded):
             return None
         ma, mb = _stats_matrix(paired_a, metric.stats), _stats_matrix(paired_b, metric.stats)
         if ma is None or mb is None:
@@ -254,7 +307,7 @@ def summarise_pair(
         cls: {m.key: difference(m) for m in class_metrics}
         for cls, class_metrics in _class_metrics(metrics, paired_a + paired_b).items()
     }
-    return PairSummary(a.name, b.name, len(paired_a), {m.key: difference(m) for m in metrics}, per_class)
+    return PairSummary(a.name, b.name, a.task, len(paired_a), {m.key: difference(m) for m in metrics}, per_class)
 
 
 def summarise(
@@ -264,18 +317,21 @@ def summarise(
     skipped: dict[str, str] | None = None,
     models: dict[str, Any] | None = None,
 ) -> Summary:
-    """All contexts (in order of first appearance) and all pairs of contexts.
+    """All (task, context) groups (in order of first appearance) and all pairs of contexts of the same task.
 
     `skipped`: metric families not computed, with the reason; `models`: what the model-based ones ran with.
     """
-    order = list(dict.fromkeys(r["context"] for r in rows))
-    by_context = {name: [r for r in rows if r["context"] == name] for name in order}
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.get("task", REPORTING), row["context"]), []).append(row)
     metrics = computed_metrics(rows)
-    contexts = {name: summarise_context(name, by_context[name], metrics, n_resamples, seed) for name in order}
+    summaries = {key: summarise_context(key[1], group, metrics, n_resamples, seed) for key, group in groups.items()}
     pairs = [
-        summarise_pair(contexts[a], contexts[b], by_context[a], by_context[b], metrics, n_resamples, seed)
-        for a, b in combinations(order, 2)
+        summarise_pair(summaries[a], summaries[b], groups[a], groups[b], metrics, n_resamples, seed)
+        for a, b in combinations(groups, 2)
+        if a[0] == b[0]
     ]
+    contexts = {c.label: c for c in summaries.values()}
     settings = {"n_resamples": n_resamples, "seed": seed, "interval": "percentile bootstrap 95% over studies"}
     if models:
         settings["models"] = models
@@ -291,5 +347,9 @@ def flat_estimates(estimates: dict[str, Estimate]) -> dict[str, Any]:
 
 
 def flags_by_study(rows: Iterable[Row]) -> dict[tuple[str, str], dict[str, str]]:
-    """(study_id, context) -> {flag name: reason} for the flagged rows only."""
-    return {(r["study_id"], r["context"]): dict(r["flags"]) for r in rows if r.get("flags")}
+    """(study_id, group label) -> {flag name: reason} for the flagged rows only."""
+    return {
+        (r["study_id"], group_label(r["context"], r.get("task", REPORTING))): dict(r["flags"])
+        for r in rows
+        if r.get("flags")
+    }

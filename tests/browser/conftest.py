@@ -35,6 +35,8 @@ CHROMIUM_ARGS = [
 ]
 DASHBOARD_STUDIES = ("nih_00016487_002", "nih_00029808_003")  # neither is the first study of the samples
 DASHBOARD_FINDING = "There is a nodule in the left middle zone."
+DASHBOARD_UNGROUNDED = "dashboard_ungrounded"
+DASHBOARD_LOOP = "The heart size is normal."
 GENERATE_TIMEOUT_MS = 180_000  # a full grounded report on two shared CPU cores
 UI_TIMEOUT_MS = 30_000
 MODEL_CALL = re.compile(r"model call \d+: (\w+) for study (\S+)")
@@ -49,18 +51,25 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright 
 
 
 def dashboard_results() -> list[dict]:
-    """Two recorded results in the batch runner's format (full context, as `--contexts` would resolve it)."""
+    """Recorded results in the batch runner's format (full context, as `--contexts` would resolve it): per study
+    a grounded "default" context, and an ungrounded context (settings no other test uses) whose report says
+    `DASHBOARD_LOOP` three times, so that it is flagged "repetition"."""
     samples = load_manifest(bundled_samples_path())
     lines = []
     for study_id in DASHBOARD_STUDIES:
         entry = samples.entry(study_id)
-        context = entry.effective_context(replace(entry.context(), name="default"))
-        lines.append({
+        default = entry.effective_context(replace(entry.context(), name="default"))
+        ungrounded = replace(default, name=DASHBOARD_UNGROUNDED, indication="Dashboard test.", grounded=False)
+        outputs = [
+            (default, [[DASHBOARD_FINDING, [[0.605, 0.665, 0.695, 0.755]]]]),
+            (ungrounded, [[DASHBOARD_LOOP, None]] * 3),
+        ]
+        lines += [{
             "study_id": study_id, "context": asdict(context), "context_key": context.key(), "task": "reporting",
-            "output": [[DASHBOARD_FINDING, [[0.605, 0.665, 0.695, 0.755]]]], "raw_text": "", "complete": True,
+            "output": output, "raw_text": "", "complete": True,
             "warnings": [], "image_width": 1024, "image_height": 1024, "model_id": "recorded-model",
             "backend": "batch", "error": None, "timings": {},
-        })  # fmt: skip
+        } for context, output in outputs]  # fmt: skip
     return lines
 
 
