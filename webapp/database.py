@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,30 @@ class Database:
         except sqlite3.Error as exc:
             raise ReviewStoreError(f"cannot open review database {self.path}: {exc}") from exc
         try:
-            self._configure()
-            self._migrate()
+            self._open()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise ReviewStoreError(f"{self.path} is not a usable review database: {exc}") from exc
         except BaseException:
             self.conn.close()
             raise
+
+    def _open(self) -> None:
+        """Configure and migrate. Two processes opening a new file at once can meet SQLite's "database is
+        locked" where its busy handler does not wait (switching the journal mode of a fresh file): retry
+        that, for up to `BUSY_TIMEOUT_MS`, like any other wait for the lock."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.01
+        while True:
+            try:
+                self._configure()
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     def _configure(self) -> None:
         conn = self.conn
