@@ -70,13 +70,22 @@ class ModelGate:
 
 
 @dataclass(frozen=True)
+class Switches:
+    """The prompt switches a reviewer sets once and keeps while moving between studies."""
+
+    use_lateral: bool = True
+    use_prior: bool = True
+    grounded: bool = True
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to do in the background for the study a person just opened."""
 
     dataset: str
     current: str | None  # study id to warm up, when it has no stored report yet
     upcoming: tuple[str, ...]  # studies to pre-generate, in order
-    context: PromptContext  # switches (lateral / prior / grounded) applied to each study's own sections
+    switches: Switches  # applied to each study's own sections
 
 
 class BackgroundWork:
@@ -87,7 +96,7 @@ class BackgroundWork:
         backend: Backend,
         gate: ModelGate,
         load_study: Callable[[str], Study],
-        context_for: Callable[[str, PromptContext], PromptContext],
+        context_for: Callable[[Study, Switches], PromptContext],
         has_report: Callable[[str, Study, PromptContext], bool],
         store: Callable[[Report, str], None],
     ) -> None:
@@ -142,7 +151,7 @@ class BackgroundWork:
         if plan.current is not None:
             self._gate.wait_for_users()
             study = self._load_study(plan.current)
-            context = self._context_for(plan.current, plan.context)
+            context = self._context_for(study, plan.switches)
             if not self._has_report(plan.dataset, study, context) and not self._stale(generation):
                 with self._gate.call("prefetch", study.study_id, user=False):
                     self._backend.prefetch(study)
@@ -161,7 +170,7 @@ class BackgroundWork:
         except Exception as err:  # an unreadable study is reported when a person opens it
             log.info("pre-generation skipped %s: %s", study_id, type(err).__name__)
             return True
-        context = self._context_for(study_id, plan.context)
+        context = self._context_for(study, plan.switches)
         if self._has_report(plan.dataset, study, context):
             return True
         final: Report | None = None

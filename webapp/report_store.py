@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,21 +61,9 @@ class ReportStore:
         self, report: Report, dataset: str, *, source: str, settings: dict[str, Any] | None = None
     ) -> StoredReport:
         """Store `report` (once: the same content is the same report) and return it as stored."""
-        report_id = report.report_id
-        row = (
-            report_id, dataset, report.study_id, report.images_key, report.context.key(), report.task,
-            report.backend.name, report.backend.model_id, report.backend.weights_hash,
-            json.dumps(settings or {}, allow_nan=False), json.dumps(report.to_dict(), allow_nan=False), source,
-            now_utc(),
-        )  # fmt: skip
         with self.db.transaction() as conn:
-            conn.execute(
-                """INSERT OR IGNORE INTO reports (report_id, dataset, study_id, images_key, context_key, task,
-                backend, model_id, weights_hash, settings, report, source, created)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                row,
-            )
-        stored = self.get(report_id)
+            _insert(conn, [_row(report, dataset, source, settings)])
+        stored = self.get(report.report_id)
         assert stored is not None
         return stored
 
@@ -114,10 +103,9 @@ class ReportStore:
             results = read_results(path)
         except BackendError as exc:
             raise ValueError(str(exc)) from exc
-        imported = already = skipped = 0
+        rows = []
         for result in results:
             if result.error is not None or result.context is None or result.image_size is None:
-                skipped += 1
                 continue
             report = Report(
                 study_id=result.study_id,
@@ -132,17 +120,35 @@ class ReportStore:
                 timings=result.timings,
                 task=result.task,
             )
-            before = self.get(report.report_id)
-            if before is not None:
-                already += 1
-                continue
-            self.save(report, dataset, source=f"batch:{path.name}")
-            imported += 1
+            rows.append(_row(report, dataset, f"batch:{path.name}", None))
+        with self.db.transaction() as conn:  # one commit for the whole file, not one per line
+            imported = _insert(conn, rows)
+        already, skipped = len(rows) - imported, len(results) - len(rows)
         log.info("imported %d reports from %s (%d already stored, %d lines skipped)", imported, path, already, skipped)
         return ImportSummary(imported, already, skipped)
 
 
 _COLUMNS = "report_id, dataset, report, source, created, settings"
+
+
+def _row(report: Report, dataset: str, source: str, settings: dict[str, Any] | None) -> tuple:
+    """The `reports` table row of a report."""
+    return (
+        report.report_id, dataset, report.study_id, report.images_key, report.context.key(), report.task,
+        report.backend.name, report.backend.model_id, report.backend.weights_hash,
+        json.dumps(settings or {}, allow_nan=False), json.dumps(report.to_dict(), allow_nan=False), source, now_utc(),
+    )  # fmt: skip
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    """Insert the rows not stored yet (a report is immutable: same id, same content); how many were new."""
+    before = conn.total_changes
+    conn.executemany(
+        """INSERT OR IGNORE INTO reports (report_id, dataset, study_id, images_key, context_key, task, backend,
+        model_id, weights_hash, settings, report, source, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        rows,
+    )
+    return conn.total_changes - before
 
 
 def _stored(row: tuple) -> StoredReport:

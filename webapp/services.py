@@ -24,7 +24,7 @@ from model_backend.backends.base import REPORTING, Backend, BackendError
 from model_backend.datasets import Dataset
 from model_backend.images import ImageLoadError
 from model_backend.types import PromptContext, Report, Study
-from webapp.background import BackgroundWork, ModelGate, Plan
+from webapp.background import BackgroundWork, ModelGate, Plan, Switches
 from webapp.database import Database
 from webapp.report_store import ReportStore, StoredReport
 from webapp.reviews import FindingVerdict, ReportVerdict, ReviewStore
@@ -40,15 +40,6 @@ class StudyRef:
 
     kind: Literal["dataset", "upload"]
     key: str
-
-
-@dataclass(frozen=True)
-class Switches:
-    """The prompt switches a reviewer sets once and keeps while moving between studies."""
-
-    use_lateral: bool = True
-    use_prior: bool = True
-    grounded: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,7 +106,7 @@ class AppServices:
             backend,
             self.gate,
             load_study=lambda study_id: self.dataset.load_study(study_id),
-            context_for=lambda study_id, switches: self._dataset_context(study_id, switches),
+            context_for=self.default_context,
             has_report=lambda dataset, study, context: self.reports.latest(
                 dataset, study.study_id, context, study.images_key()) is not None,
             store=lambda report, dataset: self.store(report, dataset, "pregenerate"),
@@ -140,6 +131,12 @@ class AppServices:
             log.warning("cannot open study %s: %s", ref.key, err)
             raise StudyUnavailable(f"Study {ref.key!r} cannot be opened: {getattr(err, 'message', err)}") from err
 
+    def open_study(self, ref: StudyRef | None) -> tuple[StudyRef, Study]:
+        """The study a tab has open, with its ref; `StudyUnavailable` when none is open or it cannot be loaded."""
+        if ref is None:
+            raise StudyUnavailable("Open a study in the Review tab first.")
+        return ref, self.load(ref)
+
     def dataset_of(self, ref: StudyRef) -> str:
         return UPLOADS_DATASET if ref.kind == "upload" else self.dataset.name
 
@@ -156,12 +153,6 @@ class AppServices:
         """The study's own sections under the reviewer's switches (what Next shows)."""
         c = study.context
         return self.context_for(study, (c.indication, c.technique, c.comparison, c.prior_report), switches)
-
-    def _dataset_context(self, study_id: str, switches: PromptContext) -> PromptContext:
-        entry = self.dataset.entry(study_id)
-        base = replace(entry.context(), name="A", use_lateral=switches.use_lateral, use_prior=switches.use_prior,
-                       grounded=switches.grounded)  # fmt: skip
-        return entry.effective_context(base)
 
     # ------------------------------------------------------------------ reports
     def stored_report(
@@ -213,9 +204,7 @@ class AppServices:
             start = listing.index(ref.key)
             upcoming = [listing[(start + k) % len(listing)] for k in range(1, self.pregenerate + 1)]
             upcoming = [s for s in dict.fromkeys(upcoming) if s != ref.key]
-        context = PromptContext(use_lateral=switches.use_lateral, use_prior=switches.use_prior,
-                                grounded=switches.grounded)  # fmt: skip
-        self.background.follow(Plan(self.dataset.name, ref.key, tuple(upcoming), context))
+        self.background.follow(Plan(self.dataset.name, ref.key, tuple(upcoming), switches))
 
     # ------------------------------------------------------------------ verdicts
     def verdicts(self, stored: StoredReport, reviewer: str) -> dict[int, FindingVerdict]:

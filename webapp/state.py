@@ -21,6 +21,11 @@ class TabState:
     switches: Switches = field(default_factory=Switches)
     task: str = REPORTING  # what Generate does and which stored report is shown: reporting or box_completion
 
+    @property
+    def dataset_study(self) -> str | None:
+        """The open study's id when it is a dataset study (not an upload)."""
+        return self.ref.key if self.ref is not None and self.ref.kind == "dataset" else None
+
 
 @dataclass(frozen=True)
 class Address:

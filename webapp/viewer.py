@@ -68,10 +68,7 @@ class RenderedImage:
     data_uri: str
     width: int
     height: int
-    image_width: int
-    image_height: int
     scale: float
-    key: tuple[str, tuple[float, float] | None, bool, int]
 
 
 def finding_colour(index: int, palette: Sequence[str] = PALETTE) -> str:
@@ -114,7 +111,6 @@ class _Downscaled:
     image: XrayImage  # same content key, `pixels` and `display` downscaled
     inverted: bool  # True when `display` is the inverse of a plain window of `pixels` (MONOCHROME1)
     width: int  # of the original image
-    height: int
 
 
 class DisplayImageCache:
@@ -173,10 +169,7 @@ class DisplayImageCache:
             data_uri=encode_data_uri(gray),
             width=int(gray.shape[1]),
             height=int(gray.shape[0]),
-            image_width=source.width,
-            image_height=source.height,
             scale=gray.shape[1] / source.width,
-            key=key,
         )
         with self._lock:
             _lru_put(self._rendered, key, rendered, self._max_rendered)
@@ -193,7 +186,7 @@ class DisplayImageCache:
             pixels=downscale_for_display(image.pixels, max_side),
             display=downscale_for_display(image.display, max_side),
         )
-        source = _Downscaled(small, _display_is_inverted(small), image.width, image.height)
+        source = _Downscaled(small, _display_is_inverted(small), image.width)
         with self._lock:
             _lru_put(self._sources, key, source, self._max_sources)
         return source

@@ -94,7 +94,6 @@
   const help = el("div", { class: "ws-help", hidden: true, role: "dialog" });
   root.append(imagePane, side, help);
   element.append(root);
-  root.__cxr = S; // read by the browser tests (display state only)
 
   // ------------------------------------------------------------------ messages
   const say = (text, kind = "info") => {
@@ -153,7 +152,7 @@
     const img = currentImage();
     if (!img) return;
     const w = winOf(img);
-    S.pendingRender = { key: img.key, c: w.c, w: w.w, auto: w.preset === "auto" };
+    S.pendingRender = { key: img.key, c: w.c, w: w.w };
     pumpRender();
   };
   const pumpRender = async () => {
@@ -162,7 +161,7 @@
     S.pendingRender = null;
     S.rendering = true;
     try {
-      const result = await server.render_window({ key: job.key, centre: job.c, width: job.w, auto: job.auto });
+      const result = await server.render_window({ key: job.key, centre: job.c, width: job.w });
       const img = currentImage();
       if (result && result.src && img && img.key === job.key) {
         picture.setAttribute("href", result.src);
@@ -233,14 +232,13 @@
     const windowing = event.button === 2 || event.shiftKey;
     if (event.button !== 0 && !windowing) return;
     const img = currentImage();
-    S.drag = { windowing, x: event.clientX, y: event.clientY, view: { ...S.view }, win: { ...winOf(img) }, moved: false };
+    S.drag = { windowing, x: event.clientX, y: event.clientY, view: { ...S.view }, win: { ...winOf(img) } };
     svg.setPointerCapture(event.pointerId);
   });
   svg.addEventListener("pointermove", (event) => {
     if (!S.drag) return;
     const dx = event.clientX - S.drag.x;
     const dy = event.clientY - S.drag.y;
-    if (Math.abs(dx) + Math.abs(dy) > 2) S.drag.moved = true;
     if (S.drag.windowing) {
       const r = currentImage().window;
       const scale = r.width_max / 600; // a 600 px drag spans the whole range

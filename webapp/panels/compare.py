@@ -203,16 +203,11 @@ def build(services: AppServices, review: ReviewPanel, tab: gr.Tab) -> None:
     inputs = [i for c in columns for i in c.all()]
     shown = gr.State("")  # images key of the study whose columns were filled in, per tab
 
-    def current_study(tab: TabState) -> tuple[Any, Study]:
-        if tab.ref is None:
-            raise StudyUnavailable("Open a study in the Review tab first.")
-        return tab.ref, services.load(tab.ref)
-
     def show(tab: TabState, values: Sequence[Any], run: str, study_value: dict | None = None) -> tuple[Any, ...]:
         """The enabled contexts' reports: stored ones at once; `run` "missing" / "all" calls the model first.
         `study_value` (a study payload) also sends the picture, for a study the views have not shown yet."""
         try:
-            ref, study = current_study(tab)
+            ref, study = services.open_study(tab.ref)
             contexts = contexts_from(values, study)
             if not contexts:
                 raise ValueError("Enable at least one context.")
@@ -255,7 +250,7 @@ def build(services: AppServices, review: ReviewPanel, tab: gr.Tab) -> None:
         as before (`known`), nothing changes: the columns and reports on screen are already this study's."""
         unchanged = (known, *[gr.update()] * len(inputs), *[gr.update()] * len(outputs))
         try:
-            _, study = current_study(tab)
+            _, study = services.open_study(tab.ref)
         except StudyUnavailable as err:
             return (known, *[gr.update()] * len(inputs), f"<div class='muted'>{html.escape(str(err))}</div>",
                     *[gr.update()] * (len(outputs) - 1))  # fmt: skip

@@ -144,7 +144,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
     # ------------------------------------------------------------ helpers
     def listing_payload(tab: TabState, reviewer_name: str) -> dict:
         listing = tab.listing
-        current = tab.ref.key if tab.ref and tab.ref.kind == "dataset" else None
+        current = tab.dataset_study
         done = services.reviewed(reviewer_name)
         index = listing.index(current) if current in listing else None
         start = max(0, (index or 0) - LIST_WINDOW // 2)
@@ -198,8 +198,8 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
             value: dict[str, Any] = {"message": note or "Open a study."}
         else:
             position = ""
-            if tab.ref and tab.ref.kind == "dataset" and tab.ref.key in tab.listing:
-                position = f"{tab.listing.index(tab.ref.key) + 1} / {len(tab.listing)}"
+            if tab.dataset_study in tab.listing:
+                position = f"{tab.listing.index(tab.dataset_study) + 1} / {len(tab.listing)}"
             value = study_payload(study, position, upload=tab.ref is not None and tab.ref.kind == "upload")
         report = stored_payload(stored, reviewer_name) if stored else None
         ws_update = gr.HTML(
@@ -254,6 +254,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
 
     # ------------------------------------------------------------ events: opening and navigation
     open_outputs_list = [state, ws, *sections, *switch_boxes, task_mode, studies]
+    unchanged = (gr.update(),) * len(open_outputs_list)
 
     def open_address(address: Address, tab: TabState, name: str, request: gr.Request | None):
         reviewer_name = reviewer_of(name, request, auth)
@@ -279,7 +280,6 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
 
     def on_load(tab: TabState, name: str, request: gr.Request):
         params = dict(request.query_params) if request is not None else {}
-        tab.listing = list(services.study_ids)
         address = parse_address(params, push=False)
         return (*open_address(address, tab, name, request), progress_text(reviewer_of(name, request, auth)),
                 gr.Tabs(selected=address.view))  # fmt: skip
@@ -287,21 +287,21 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
     def on_nav(value: str, tab: TabState, name: str, request: gr.Request):
         address = parse_nav_value(value)
         if address is None:
-            return (gr.update(),) * len(open_outputs_list)
+            return unchanged
         return open_address(address, tab, name, request)
 
     def on_pick(tab: TabState, name: str, event: gr.EventData, request: gr.Request):
         study_id = str(getattr(event, "study_id", "") or "")
         if study_id not in services.dataset:
-            return (gr.update(),) * len(open_outputs_list)
+            return unchanged
         return open_ref(tab, StudyRef("dataset", study_id), reviewer_of(name, request, auth), push=True)
 
     def step(delta: int) -> Callable[..., tuple[Any, ...]]:
         def handler(tab: TabState, name: str, request: gr.Request):
             if not tab.listing:
                 gr.Info("No study matches the current search and filters.")
-                return (gr.update(),) * len(open_outputs_list)
-            current = tab.ref.key if tab.ref and tab.ref.kind == "dataset" else None
+                return unchanged
+            current = tab.dataset_study
             if current in tab.listing:
                 target = tab.listing[(tab.listing.index(current) + delta) % len(tab.listing)]
             else:
@@ -314,12 +314,12 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         reviewer_name = reviewer_of(name, request, auth)
         if not reviewer_name:
             gr.Info("Enter your reviewer name first.")
-            return (gr.update(),) * len(open_outputs_list)
-        current = tab.ref.key if tab.ref and tab.ref.kind == "dataset" else None
+            return unchanged
+        current = tab.dataset_study
         target = services.reviews.next_unreviewed(services.dataset.name, reviewer_name, tab.listing, current)
         if target is None:
             gr.Info("Every study in the current list has a verdict from you.")
-            return (gr.update(),) * len(open_outputs_list)
+            return unchanged
         return open_ref(tab, StudyRef("dataset", target), reviewer_name, push=True)
 
     def refilter(query: str, unreviewed: bool, tab: TabState, name: str, request: gr.Request):
@@ -331,11 +331,6 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         return tab, listing_payload(tab, reviewer_name)
 
     # ------------------------------------------------------------ events: context and reports
-    def current(tab: TabState) -> tuple[StudyRef, Study]:
-        if tab.ref is None:
-            raise StudyUnavailable("Open a study first.")
-        return tab.ref, services.load(tab.ref)
-
     def on_context(tab: TabState, name: str, request: gr.Request, *values: Any):
         """Switches, sections or the task changed: show the stored report for them (or none)."""
         *texts, lateral, prior, ground, task = values
@@ -344,7 +339,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
                                use_lateral=bool(lateral) if lateral is not None else tab.switches.use_lateral,
                                use_prior=bool(prior) if prior is not None else tab.switches.use_prior)  # fmt: skip
         try:
-            ref, study = current(tab)
+            ref, study = services.open_study(tab.ref)
         except StudyUnavailable:
             return tab, gr.update()
         context = services.context_for(study, texts, tab.switches)
@@ -358,7 +353,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
         *texts, lateral, prior, ground, task = values
         reviewer_name = reviewer_of(name, request, auth)
         try:
-            ref, study = current(tab)
+            ref, study = services.open_study(tab.ref)
             context = services.context_for(study, texts, Switches(bool(lateral), bool(prior), bool(ground)))
             if task == BOX_COMPLETION:
                 stored = services.complete_boxes(ref, study, context)
@@ -378,7 +373,7 @@ def build(services: AppServices, demo: gr.Blocks, tabs: gr.Tabs) -> ReviewPanel:
     def on_ground(tab: TabState, event: gr.EventData):
         phrase = str(getattr(event, "phrase", "") or "")
         try:
-            ref, study = current(tab)
+            ref, study = services.open_study(tab.ref)
             stored = services.ground(ref, study, phrase)
         except (StudyUnavailable, BackendError, ImageLoadError, ValueError) as err:
             return gr.HTML(grounding={"phrase": phrase, "report": None, "error": f"Phrase grounding failed: {err}"})
